@@ -1,0 +1,399 @@
+"""Decode-once image cache: every image of a run as one memory-mapped ``uint8`` array.
+
+Scope: choosing the cache folder and key, decoding a list of files (in parallel worker
+processes) into ``<cache_dir>/<key>.npy`` of shape ``N x 3 x S x S`` with a JSON manifest beside
+it, reusing a complete cache from an earlier run on the same files, and picking a default image
+size from the image headers. Files are written to a temporary name and renamed into place, and a
+torn or mismatched cache is rebuilt, never used. This module must not import torch: its worker
+processes only need numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import itertools
+import json
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL
+
+from imgcluster.decode import DecodeError, decode_image, image_shape
+
+FORMAT_VERSION = 1  # bump when the decode pipeline or file layout changes
+_DECODER_ID = f"imgcluster-decode-v{FORMAT_VERSION}/pillow-{PIL.__version__}"
+_MAX_CHUNK = 256  # paths per worker task
+_MIN_CHUNK = 16
+_COPY_ROWS = 1024  # rows per step when compacting, bounds RAM use
+# A worker pool takes ~0.5-1.5 s to start (forkserver + imports): only worth it beyond that.
+_POOL_MIN_SECONDS = 1.0
+
+_log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+_ChunkResult = tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]
+
+
+@dataclass
+class ImageCache:
+    """Decoded images of one run.
+
+    ``images`` is a read-only memory map of shape ``(N, 3, S, S)``; row ``i`` is ``paths[i]``.
+    ``skipped`` lists ``(path, reason)`` for files that failed to decode. ``reused`` is true
+    when the arrays came from an earlier run and nothing was decoded.
+    """
+
+    images: np.ndarray
+    paths: list[str]
+    skipped: list[tuple[str, str]]
+    file: Path
+    reused: bool
+
+
+def cache_dir_default() -> Path:
+    """The cache folder: ``$IMGCLUSTER_CACHE_DIR``, else ``$XDG_CACHE_HOME/imgcluster``, else
+    ``~/.cache/imgcluster``."""
+    explicit = os.environ.get("IMGCLUSTER_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):  # the XDG spec says to ignore relative values
+        return Path(xdg) / "imgcluster"
+    return Path.home() / ".cache" / "imgcluster"
+
+
+def cache_key(root: Path, paths: Sequence[str], size: int) -> str:
+    """Hex key over each file's relative path, byte size and mtime, the image size and decoder.
+
+    Editing, adding, removing or reordering files gives a new key. A file that cannot be
+    stat-ed is hashed as missing (it will fail to decode and be skipped).
+    """
+    digest = hashlib.sha256()
+    digest.update(f"{_DECODER_ID}\0size={int(size)}\0n={len(paths)}\0".encode())
+    for rel in paths:
+        try:
+            st = os.stat(os.path.join(root, rel))
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing\0"
+        # NUL cannot occur in a file name, so the fields cannot run into each other.
+        digest.update(f"{rel}\0{stamp}\0".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:24]
+
+
+def default_image_size(root: Path, paths: Sequence[str], sample: int = 64) -> int:
+    """32 when the median shorter side of an evenly spaced sample is at most 48 px, else 96.
+
+    Only image headers are read. Unreadable samples are ignored; with none readable, 96.
+    """
+    if not paths or sample < 1:
+        return 96
+    picks = np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).round().astype(int))
+    shorter: list[int] = []
+    for i in picks:
+        try:
+            shorter.append(min(image_shape(os.path.join(root, paths[i]))))
+        except DecodeError:
+            continue
+    if not shorter:
+        return 96
+    return 32 if float(np.median(shorter)) <= 48 else 96
+
+
+def build_cache(
+    root: Path,
+    paths: Sequence[str],
+    size: int,
+    cache_dir: Path | None = None,
+    *,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> ImageCache:
+    """Decode ``paths`` (relative to ``root``) once into a memory-mapped array, or reuse it.
+
+    Files that fail to decode are left out of the array and listed in ``skipped``; if every
+    file fails the result has ``N == 0``. ``workers`` defaults to the usable CPU count; ``1``
+    decodes in this process. ``progress(done, total)`` is called after each decoded chunk (not
+    on reuse).
+    """
+    if size < 1:
+        raise ValueError(f"image size must be positive, got {size}")
+    paths = list(paths)
+    folder = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+    folder.mkdir(parents=True, exist_ok=True)
+    key = cache_key(root, paths, size)
+    npy, manifest = folder / f"{key}.npy", folder / f"{key}.json"
+    cached = _load_existing(npy, manifest, paths, size)
+    if cached is not None:
+        return cached
+    # A stale manifest must not vouch for the new array if this build is interrupted.
+    manifest.unlink(missing_ok=True)
+    failures = _write_array(Path(root), paths, size, npy, workers, progress)
+    good, skipped = _split(paths, failures)
+    _write_manifest(manifest, npy, size, len(paths), good, skipped)
+    images = np.load(npy, mmap_mode="r")
+    return ImageCache(images=images, paths=good, skipped=skipped, file=npy, reused=False)
+
+
+def _write_array(
+    root: Path,
+    paths: Sequence[str],
+    size: int,
+    npy: Path,
+    workers: int | None,
+    progress: Progress | None,
+) -> dict[int, str]:
+    """Decode into a temporary file, then move it (or its good rows) to ``npy``; return failures."""
+    tmp = npy.with_name(f"{npy.name}.tmp-{os.getpid()}")
+    try:
+        failures = _decode_all(root, paths, size, tmp, workers, progress)
+        if failures:
+            _compact(tmp, [i for i in range(len(paths)) if i not in failures], npy)
+        else:
+            _fsync_file(tmp)
+            os.replace(tmp, npy)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return failures
+
+
+def _write_manifest(
+    manifest: Path,
+    npy: Path,
+    size: int,
+    candidates: int,
+    good: list[str],
+    skipped: list[tuple[str, str]],
+) -> None:
+    """Write the JSON manifest after the array: its presence marks the cache complete."""
+    meta = {
+        "format": FORMAT_VERSION,
+        "decoder": _DECODER_ID,
+        "size": size,
+        "n": len(good),
+        "candidates": candidates,
+        "paths": good,
+        "skipped": [list(item) for item in skipped],
+        "npy_bytes": npy.stat().st_size,
+    }
+    _write_json_atomic(manifest, meta)
+    _fsync_dir(manifest.parent)
+
+
+def _split(
+    paths: Sequence[str], failures: dict[int, str]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Paths that decoded, in input order, and ``(path, reason)`` for those that did not."""
+    good = [p for i, p in enumerate(paths) if i not in failures]
+    skipped = [(paths[i], reason) for i, reason in sorted(failures.items())]
+    return good, skipped
+
+
+def _load_existing(npy: Path, manifest: Path, paths: Sequence[str], size: int) -> ImageCache | None:
+    """The cache on disk if it is complete and matches the request, else ``None``."""
+    try:
+        meta = json.loads(manifest.read_text(encoding="utf-8"))
+        good = [str(p) for p in meta["paths"]]
+        skipped = [(str(p), str(r)) for p, r in meta["skipped"]]
+        valid = (
+            meta["format"] == FORMAT_VERSION
+            and meta["decoder"] == _DECODER_ID
+            and meta["size"] == size
+            and meta["n"] == len(good)
+            and meta["candidates"] == len(paths) == len(good) + len(skipped)
+            and meta["npy_bytes"] == npy.stat().st_size
+        )
+        if not valid:
+            return None
+        images = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, torn or foreign files: rebuild
+    if images.dtype != np.uint8 or images.shape != (len(good), 3, size, size):
+        return None
+    return ImageCache(images=images, paths=good, skipped=skipped, file=npy, reused=True)
+
+
+def _decode_all(
+    root: Path,
+    paths: Sequence[str],
+    size: int,
+    tmp: Path,
+    workers: int | None,
+    progress: Progress | None,
+) -> dict[int, str]:
+    """Decode every path into row ``i`` of a new ``.npy`` at ``tmp``; return failures by index."""
+    total = len(paths)
+    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, 3, size, size))
+    failures: dict[int, str] = {}
+    done = 0
+    for indices, images, failed in _decode_chunks(str(root), paths, size, workers):
+        if len(indices):
+            rows[indices] = images
+        failures.update(failed)
+        done += len(indices) + len(failed)
+        if progress is not None:
+            progress(done, total)
+    rows.flush()
+    del rows  # unmap before the file is renamed or copied
+    return failures
+
+
+def _decode_chunks(
+    root: str, paths: Sequence[str], size: int, workers: int | None
+) -> Iterator[_ChunkResult]:
+    """Yield decoded chunks: from a process pool, or in this process.
+
+    The first chunk is always decoded here and timed; the pool is only started when the rest
+    would take longer in this process than a pool takes to start (tiny folders stay in-process).
+    If the pool cannot start or breaks (e.g. ``__main__`` cannot be re-imported by the worker,
+    or process creation is not allowed), the chunks not yet received are decoded here instead.
+    """
+    n_workers = max(1, workers if workers is not None else _usable_cpus())
+    chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, math.ceil(len(paths) / (4 * n_workers))))
+    remaining = dict.fromkeys(range(0, len(paths), chunk))  # ordered set of chunk starts
+    if n_workers > 1 and len(remaining) > 1:
+        began = time.perf_counter()
+        first = _decode_chunk(root, list(paths[:chunk]), 0, size)
+        serial_rest = (time.perf_counter() - began) / chunk * (len(paths) - chunk)
+        del remaining[0]
+        yield first
+        if serial_rest > _POOL_MIN_SECONDS:
+            yield from _pool_or_fallback(root, paths, size, chunk, remaining, n_workers)
+    for start in remaining:
+        yield _decode_chunk(root, list(paths[start : start + chunk]), start, size)
+
+
+def _pool_or_fallback(
+    root: str,
+    paths: Sequence[str],
+    size: int,
+    chunk: int,
+    remaining: dict[int, None],
+    n_workers: int,
+) -> Iterator[_ChunkResult]:
+    """Decode chunks in a pool, deleting each received start from ``remaining``."""
+    n_workers = min(n_workers, len(remaining))
+    try:
+        for start, result in _pool_chunks(root, paths, size, chunk, list(remaining), n_workers):
+            del remaining[start]
+            yield result
+    except (cf.process.BrokenProcessPool, OSError) as exc:
+        _log.warning("decode workers failed (%s); decoding in this process", exc)
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (less than ``os.cpu_count()`` under an affinity mask)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _pool_chunks(
+    root: str, paths: Sequence[str], size: int, chunk: int, starts: list[int], n_workers: int
+) -> Iterator[tuple[int, _ChunkResult]]:
+    """Run chunks in worker processes, at most ``2 * n_workers`` in flight (bounded RAM)."""
+    pending = iter(starts)
+    pool = cf.ProcessPoolExecutor(n_workers, mp_context=_mp_context(), initializer=_worker_init)
+    in_flight: dict[cf.Future[_ChunkResult], int] = {}
+    try:
+        while True:
+            for start in itertools.islice(pending, 2 * n_workers - len(in_flight)):
+                batch = list(paths[start : start + chunk])
+                in_flight[pool.submit(_decode_chunk, root, batch, start, size)] = start
+            if not in_flight:
+                return
+            finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                yield in_flight.pop(future), future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """'forkserver' where available, else 'spawn'.
+
+    Plain 'fork' is avoided: the parent usually has torch (and its thread pools) loaded, and
+    forking a multi-threaded process can deadlock the child.
+    """
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method)
+
+
+def _worker_init() -> None:
+    """Leave Ctrl-C to the parent, which shuts the pool down; avoids a traceback per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _decode_chunk(root: str, paths: list[str], start: int, size: int) -> _ChunkResult:
+    """Decode ``paths`` (rows ``start...``): indices and images of successes, and failures."""
+    indices: list[int] = []
+    images = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+    failures: list[tuple[int, str]] = []
+    for offset, rel in enumerate(paths):
+        try:
+            images[len(indices)] = decode_image(os.path.join(root, rel), size)
+        except DecodeError as exc:
+            failures.append((start + offset, str(exc)))
+            continue
+        indices.append(start + offset)
+    return np.asarray(indices, dtype=np.int64), images[: len(indices)], failures
+
+
+def _compact(src: Path, keep: Sequence[int], dst: Path) -> None:
+    """Copy rows ``keep`` of ``src`` into a new ``.npy`` at ``dst`` (atomically), in steps."""
+    source = np.load(src, mmap_mode="r")
+    tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}-compact")
+    try:
+        out = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(len(keep),) + source.shape[1:]
+        )
+        order = np.asarray(keep, dtype=np.int64)
+        for begin in range(0, len(order), _COPY_ROWS):
+            out[begin : begin + _COPY_ROWS] = source[order[begin : begin + _COPY_ROWS]]
+        out.flush()
+        del out, source
+        _fsync_file(tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            # ASCII escapes keep undecodable (surrogate-escaped) file names round-trippable.
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames durable; not possible (nor needed) on every platform."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,38 @@
+"""k-means with faiss: the one home of clustering by centroids.
+
+Used for the 2-means split of merge-and-split (ODC), the "MoCo + k-means" baseline of the paper's
+Table 2, and the raw-pixel baseline of the benchmarks. faiss trains on only
+``max_points_per_centroid · k`` points by default; we raise that limit so every point counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def kmeans(
+    x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, nredo: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means on the rows of ``x``.
+
+    x: N×d (any float dtype; copied to contiguous float32) → (labels N int64, centroids k×d).
+    """
+    import faiss  # imported here: ~1 s, and only training paths need it
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {n} points")
+    km = faiss.Kmeans(
+        d,
+        k,
+        niter=niter,
+        nredo=nredo,
+        seed=seed,
+        verbose=False,
+        max_points_per_centroid=max(256, -(-n // k)),
+        min_points_per_centroid=1,
+    )
+    km.train(x)
+    _, assigned = km.index.search(x, 1)
+    return assigned[:, 0].astype(np.int64), np.asarray(km.centroids)

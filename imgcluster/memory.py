@@ -1,0 +1,79 @@
+"""FIFO key memories: SCL's semantic memory (C banks, one per cluster) and MoCo's queue.
+
+The semantic memory M = [M_1 ... M_C] holds, for each cluster j, the most recent momentum-encoder
+keys k of images whose pseudo label is j (SCL.md, "Semantic memory"). MoCo's instance queue is the
+same structure with a single bank, so :class:`InstanceQueue` is a one-bank :class:`SemanticMemory`.
+
+Banks live in registered buffers: they follow ``.to(device)`` and are saved in ``state_dict``.
+Like MoCo's queue they start filled with random unit vectors (ours, SCL.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SemanticMemory(nn.Module):
+    """C FIFO banks of ``bank_size`` l2-normalised keys each.
+
+    Buffers: ``banks`` C×B×d, ``ptr`` C (next write position per bank).
+    """
+
+    def __init__(self, num_banks: int, bank_size: int, dim: int) -> None:
+        super().__init__()
+        if num_banks < 1:
+            raise ValueError(f"number of banks must be at least 1, got {num_banks}")
+        if bank_size < 1:
+            raise ValueError(f"bank size must be at least 1, got {bank_size}")
+        if dim < 1:
+            raise ValueError(f"key dimension must be at least 1, got {dim}")
+        self.num_banks, self.bank_size, self.dim = num_banks, bank_size, dim
+        self.register_buffer("banks", F.normalize(torch.randn(num_banks, bank_size, dim), dim=2))
+        self.register_buffer("ptr", torch.zeros(num_banks, dtype=torch.long))
+
+    @staticmethod
+    def bank_size_for(memory_size: int, num_clusters: int, num_images: int) -> int:
+        """K/(C-1) keys per bank, with K capped at the number of images (ours, SCL.md).
+
+        With C-1 foreign banks, the contrastive set Q_i of Eq. 1 then holds K keys in all.
+        """
+        k_eff = min(memory_size, num_images)
+        return max(1, k_eff // max(1, num_clusters - 1))
+
+    def flat(self) -> Tensor:
+        """All keys as one (C·B)×d matrix, bank after bank (for q·Mᵀ, SCL.md)."""
+        return self.banks.reshape(-1, self.dim)
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor, labels: Tensor) -> None:
+        """Push each key into the bank of its label, dropping the oldest (FIFO).
+
+        keys: n×d (l2-normalised), labels: n (long, in [0, C)). Vectorised, no host sync: a
+        key's slot is its bank's pointer plus its rank among the batch's keys of that bank;
+        when a batch brings more than B keys for one bank only its last B are written.
+        """
+        keys = keys.to(self.banks.dtype)
+        counts = torch.bincount(labels, minlength=self.num_banks)  # C
+        order = torch.sort(labels, stable=True).indices  # keys grouped by bank, arrival order kept
+        sorted_labels = labels[order]
+        starts = torch.cumsum(counts, 0) - counts  # C, first position of each bank's group
+        rank = torch.arange(labels.numel(), device=labels.device) - starts[sorted_labels]
+        keep = rank >= (counts[sorted_labels] - self.bank_size)  # only the newest B per bank
+        slot = (self.ptr[sorted_labels] + rank) % self.bank_size
+        self.banks[sorted_labels[keep], slot[keep]] = keys[order[keep]]
+        self.ptr.copy_((self.ptr + counts) % self.bank_size)
+
+
+class InstanceQueue(SemanticMemory):
+    """MoCo's FIFO queue of K keys: the 'over-clustering' task's negatives (one bank)."""
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__(1, size, dim)
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor, labels: Tensor | None = None) -> None:  # noqa: ARG002
+        """Push n×d keys, dropping the oldest."""
+        zeros = torch.zeros(keys.shape[0], dtype=torch.long, device=keys.device)
+        super().enqueue(keys, zeros)

@@ -1,0 +1,144 @@
+"""The run directory: what ``fit`` leaves behind and every later command reads.
+
+Layout (DESIGN.md): config.json, checkpoint.pt, history.jsonl, assignments.csv, skipped.csv.
+Every file is written atomically (temporary file in the same folder, fsync, rename), so a run
+killed at any moment leaves the old file or the new one, never a torn one. Checkpoints load with
+``torch.load(weights_only=True)``: a checkpoint whose pickle would run code is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.jsonl"
+ASSIGNMENTS = "assignments.csv"
+SKIPPED = "skipped.csv"
+
+
+class RunError(Exception):
+    """A problem the user can fix; its message is one line for the command line."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new, never a mix."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RunError(f"cannot read {path}: {e}") from e
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Every complete line of history.jsonl (a torn last line is ignored)."""
+    if not Path(path).exists():
+        return []
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            break
+    return records
+
+
+def write_history(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Rewrite the whole history (one JSON object per line) atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")  # quotes commas, quotes and newlines in names
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_assignments(
+    path: Path, paths: Sequence[str], clusters: np.ndarray, confidence: np.ndarray
+) -> None:
+    """assignments.csv: path, cluster, confidence (six decimals), one row per image."""
+    rows = [(p, int(c), f"{float(s):.6f}") for p, c, s in zip(paths, clusters, confidence)]
+    atomic_write_text(path, _csv_text(("path", "cluster", "confidence"), rows))
+
+
+def read_assignments(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(paths, clusters, confidence) from an assignments.csv."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    paths = [r["path"] for r in rows]
+    clusters = np.array([int(r["cluster"]) for r in rows], dtype=np.int64)
+    confidence = np.array([float(r["confidence"]) for r in rows], dtype=np.float64)
+    return paths, clusters, confidence
+
+
+def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
+    """skipped.csv: path, reason for every file that looked like an image but was not used."""
+    atomic_write_text(path, _csv_text(("path", "reason"), skipped))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save into memory, then an atomic write: a kill never leaves a torn checkpoint."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load with ``weights_only=True``; anything that would run code is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise RunError(
+            f"refusing to load {path}: it is not a plain imgcluster checkpoint "
+            "(its pickle asks to run code)"
+        ) from e
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise RunError(f"cannot read checkpoint {path}: {e}") from e
+
+
+def numbered_run_dir(base: Path, name: str) -> Path:
+    """``base/name``, or ``base/name-2``, ``-3``… if that exists already."""
+    candidate, n = base / name, 1
+    while candidate.exists():
+        n += 1
+        candidate = base / f"{name}-{n}"
+    return candidate
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder that a previous ``fit`` wrote into."""
+    return (path / CONFIG).exists() or (path / CHECKPOINT).exists()

@@ -1,0 +1,123 @@
+"""The SCL model: one encoder, its momentum copy, and three jointly trained tasks.
+
+Tasks (SCL.md, "Three granularities"): 'clustering' (C = k) and 'under-clustering' (C = k/2), each
+a :class:`ClusteringTask` with its own semantic memory, pseudo labels, flip counts and classifier
+head; and 'over-clustering', plain instance discrimination against MoCo's queue. Their losses add
+up (Eq. 7 per task). At test time only the 'clustering' head is used.
+
+The pieces of state that change outside backpropagation (memories, labels, flip counts) are
+registered buffers, so one ``state_dict`` saves and restores the whole method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from imgcluster.config import SCLConfig, under_clustering_k
+from imgcluster.labels import hard_sample_weights
+from imgcluster.losses import (
+    cluster_discrimination_loss,
+    cross_cluster_id_loss,
+    instance_loss,
+    memory_logits,
+    memory_soft_assignment,
+    weighted_loss,
+)
+from imgcluster.memory import InstanceQueue, SemanticMemory
+from imgcluster.model import ClusterHead, Encoder, make_momentum_copy
+
+CLUSTERING = "clustering"
+UNDER = "under_clustering"
+
+
+@dataclass
+class LossTerms:
+    """The step's losses (scalars, still on the device; summed over the clustering tasks)."""
+
+    total: Tensor
+    id: Tensor
+    cd: Tensor
+    instance: Tensor
+
+
+class ClusteringTask(nn.Module):
+    """One clustering granularity: semantic memory, head, pseudo labels y and flip counts s."""
+
+    def __init__(
+        self, num_clusters: int, num_images: int, dim: int, memory_size: int, gen: torch.Generator
+    ) -> None:
+        super().__init__()
+        self.num_clusters = num_clusters
+        bank = SemanticMemory.bank_size_for(memory_size, num_clusters, num_images)
+        self.memory = SemanticMemory(num_clusters, bank, dim)
+        self.head = ClusterHead(dim, num_clusters)
+        # Random initial assignment (paper: random initialisation of the cluster assignments).
+        self.register_buffer("labels", torch.randint(num_clusters, (num_images,), generator=gen))
+        # s_i starts at 1 so Eq. 6 weights are uniform until labels move (ours, SCL.md).
+        self.register_buffer("flips", torch.ones(num_images))
+
+    def losses(self, q: Tensor, k: Tensor, idx: Tensor, cfg: SCLConfig) -> tuple[Tensor, Tensor]:
+        """L_ID (Eq. 1-2, weighted by Eq. 6) and L_CD (Eq. 3-4) for a batch.
+
+        q, k: n×d l2-normalised; idx: n indices of the batch's images into the dataset.
+        """
+        y = self.labels[idx]  # n
+        logits = memory_logits(q, self.memory.flat(), self.num_clusters, cfg.temperature)  # n×C×B
+        per_sample = cross_cluster_id_loss(q, k, logits, y, cfg.temperature, cfg.cross_cluster)
+        weights = hard_sample_weights(self.flips[idx]) if cfg.hard_mining else None
+        target = memory_soft_assignment(logits)  # n×C, no gradient
+        l_cd = cluster_discrimination_loss(self.head(q.detach()), target)  # grad to W, B only
+        return weighted_loss(per_sample, weights), l_cd
+
+    def soft_assignment(self, q: Tensor, temperature: float) -> Tensor:
+        """Eq. 3 for inference: p̃ of q (n×d) over this task's banks → n×C."""
+        logits = memory_logits(q, self.memory.flat(), self.num_clusters, temperature)
+        return memory_soft_assignment(logits)
+
+
+class SCL(nn.Module):
+    """Encoder f_θ, momentum encoder f_θ̃, the clustering tasks and the instance queue.
+
+    With ``method='moco-kmeans'`` there are no clustering tasks: only instance discrimination
+    (the paper's baseline), with k-means on the features afterwards.
+    """
+
+    def __init__(
+        self, backbone: str, num_images: int, cfg: SCLConfig, feature_dim: int = 128, seed: int = 0
+    ) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.cfg = cfg
+        self.encoder = Encoder(backbone, feature_dim)
+        self.momentum_encoder = make_momentum_copy(self.encoder)
+        self.tasks = nn.ModuleDict()
+        if cfg.method == "scl":
+            for name, c in ((CLUSTERING, cfg.k), (UNDER, under_clustering_k(cfg.k))):
+                self.tasks[name] = ClusteringTask(
+                    c, num_images, feature_dim, cfg.memory_size, gen
+                )
+        self.queue = InstanceQueue(min(cfg.memory_size, num_images), feature_dim)
+
+    def loss_terms(self, q: Tensor, k: Tensor, idx: Tensor) -> LossTerms:
+        """Eq. 7 summed over the tasks: L = α·ΣL_ID + β·ΣL_CD + L_instance."""
+        zero = q.new_zeros((), dtype=torch.float32)
+        l_id, l_cd = zero, zero
+        for task in self.tasks.values():
+            task_id, task_cd = task.losses(q, k, idx, self.cfg)
+            l_id, l_cd = l_id + task_id, l_cd + task_cd
+        l_inst = instance_loss(q, k, self.queue.flat(), self.cfg.temperature)
+        total = self.cfg.alpha * l_id + self.cfg.beta * l_cd + l_inst
+        return LossTerms(total=total, id=l_id, cd=l_cd, instance=l_inst)
+
+    @torch.no_grad()
+    def enqueue(self, k: Tensor, idx: Tensor) -> None:
+        """After the backward pass: k_i into M_{y_i} of every task, and into MoCo's queue."""
+        for task in self.tasks.values():
+            task.memory.enqueue(k, task.labels[idx])
+        self.queue.enqueue(k)
+
+    def task(self, name: str) -> ClusteringTask:
+        return self.tasks[name]  # type: ignore[return-value]

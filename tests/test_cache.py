@@ -1,0 +1,238 @@
+"""Tests for imgcluster.cache: build, reuse, invalidation, torn files and parallel decoding."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgcluster.cache as cache_mod
+from imgcluster.cache import (
+    ImageCache,
+    build_cache,
+    cache_dir_default,
+    cache_key,
+    default_image_size,
+)
+from imgcluster.decode import decode_image
+
+
+@pytest.fixture
+def corpus(tmp_path: Path, data_root: Path) -> tuple[Path, list[str]]:
+    """Eight real CIFAR images (two with the same base name), one gray Imagenette, two bad."""
+    root = tmp_path / "corpus"
+    cifar = data_root / "cifar10-test"
+    rels = [f"{c}/{i:04d}.jpg" for c in ("cat", "dog") for i in range(4)]
+    for rel in rels:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(cifar / rel, root / rel)
+    gray = data_root / "imagenette-val" / "English_springer" / "n02102040_1980.JPEG"
+    shutil.copy2(gray, root / "gray.JPEG")
+    (root / "bad.jpg").write_text("not an image")
+    (root / "cut.jpg").write_bytes((cifar / "cat/0005.jpg").read_bytes()[:300])
+    paths = sorted([*rels, "gray.JPEG", "bad.jpg", "cut.jpg"])
+    return root, paths
+
+
+def _expected(root: Path, paths: list[str], size: int) -> np.ndarray:
+    return np.stack([decode_image(root / p, size) for p in paths])
+
+
+def test_build_shapes_order_and_failures(corpus: tuple[Path, list[str]], tmp_path: Path) -> None:
+    root, paths = corpus
+    calls: list[tuple[int, int]] = []
+    result = build_cache(
+        root, paths, 32, tmp_path / "c", workers=1, progress=lambda *a: calls.append(a)
+    )
+    good = [p for p in paths if p not in ("bad.jpg", "cut.jpg")]
+    assert isinstance(result, ImageCache) and not result.reused
+    assert result.paths == good
+    assert [p for p, _ in result.skipped] == ["bad.jpg", "cut.jpg"]
+    assert dict(result.skipped)["bad.jpg"] == "cannot identify image file"
+    assert result.images.dtype == np.uint8 and result.images.shape == (len(good), 3, 32, 32)
+    assert np.array_equal(result.images, _expected(root, good, 32))
+    assert calls[-1] == (len(paths), len(paths))
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+    # Only the finished files remain: no temporaries.
+    names = sorted(f.name for f in (tmp_path / "c").iterdir())
+    assert names == sorted([result.file.name, result.file.with_suffix(".json").name])
+    manifest = json.loads(result.file.with_suffix(".json").read_text())
+    assert manifest["paths"] == good and manifest["n"] == len(good)
+    assert manifest["npy_bytes"] == result.file.stat().st_size
+
+
+def test_second_build_reuses_without_decoding(
+    corpus: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, paths = corpus
+    first = build_cache(root, paths, 32, tmp_path / "c", workers=1)
+
+    def _no_decode(*args, **kwargs):
+        raise AssertionError("decoded on reuse")
+
+    monkeypatch.setattr(cache_mod, "decode_image", _no_decode)
+    second = build_cache(root, paths, 32, tmp_path / "c", workers=1)
+    assert second.reused and second.file == first.file
+    assert second.paths == first.paths and second.skipped == first.skipped
+    assert np.array_equal(second.images, first.images)
+
+
+def test_default_cache_dir_used(corpus: tuple[Path, list[str]]) -> None:
+    root, paths = corpus
+    result = build_cache(root, paths[:2], 32, workers=1)
+    assert result.file.parent == cache_dir_default()
+    assert result.file.parent == Path(os.environ["IMGCLUSTER_CACHE_DIR"])
+
+
+def test_key_changes_with_mtime_size_and_paths(corpus: tuple[Path, list[str]]) -> None:
+    root, paths = corpus
+    key = cache_key(root, paths, 32)
+    assert key == cache_key(root, list(paths), 32) and len(key) == 24
+    assert key != cache_key(root, paths, 96)
+    assert key != cache_key(root, paths[:-1], 32)
+    target = root / paths[0]
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert cache_key(root, paths, 32) != key
+
+
+def test_touched_file_rebuilds(corpus: tuple[Path, list[str]], tmp_path: Path) -> None:
+    root, paths = corpus
+    first = build_cache(root, paths, 32, tmp_path / "c", workers=1)
+    st = (root / paths[0]).stat()
+    os.utime(root / paths[0], ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    second = build_cache(root, paths, 32, tmp_path / "c", workers=1)
+    assert not second.reused and second.file != first.file
+
+
+@pytest.mark.parametrize("damage", ["truncate_npy", "bad_json", "no_json", "wrong_n"])
+def test_torn_cache_is_rebuilt(corpus: tuple[Path, list[str]], tmp_path: Path, damage: str) -> None:
+    root, paths = corpus
+    first = build_cache(root, paths, 32, tmp_path / "c", workers=1)
+    expected = np.array(first.images)
+    manifest = first.file.with_suffix(".json")
+    del first
+    if damage == "truncate_npy":
+        with open(manifest.with_suffix(".npy"), "r+b") as fh:
+            fh.truncate(manifest.with_suffix(".npy").stat().st_size // 2)
+    elif damage == "bad_json":
+        manifest.write_text('{"format": 1, "paths": [')
+    elif damage == "no_json":
+        manifest.unlink()
+    else:
+        meta = json.loads(manifest.read_text())
+        meta["n"] += 1
+        manifest.write_text(json.dumps(meta))
+    again = build_cache(root, paths, 32, tmp_path / "c", workers=1)
+    assert not again.reused
+    assert np.array_equal(again.images, expected)
+    assert build_cache(root, paths, 32, tmp_path / "c", workers=1).reused
+
+
+def test_all_fail_gives_empty_cache(tmp_path: Path) -> None:
+    root = tmp_path / "junk"
+    root.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (root / name).write_text("junk")
+    result = build_cache(root, ["a.jpg", "b.png"], 32, tmp_path / "c", workers=2)
+    assert result.images.shape == (0, 3, 32, 32) and result.paths == []
+    assert [p for p, _ in result.skipped] == ["a.jpg", "b.png"]
+    assert build_cache(root, ["a.jpg", "b.png"], 32, tmp_path / "c").reused
+
+
+def test_empty_path_list(tmp_path: Path) -> None:
+    result = build_cache(tmp_path, [], 32, tmp_path / "c")
+    assert result.images.shape == (0, 3, 32, 32) and result.skipped == []
+
+
+def test_workers_match_in_process_byte_for_byte(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = data_root / "cifar10-test"
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    paths = [f"{c}/{i:04d}.jpg" for c in classes for i in range(20)]
+    one = build_cache(root, paths, 32, tmp_path / "w1", workers=1)
+    pools: list[int] = []
+    real_pool_chunks = cache_mod._pool_chunks
+
+    def _spy(*args, **kwargs):
+        pools.append(args[-1])
+        yield from real_pool_chunks(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "_pool_chunks", _spy)
+    monkeypatch.setattr(cache_mod, "_POOL_MIN_SECONDS", 0.0)  # use the pool even for 200 images
+    calls: list[tuple[int, int]] = []
+    two = build_cache(
+        root, paths, 32, tmp_path / "w2", workers=2, progress=lambda *a: calls.append(a)
+    )
+    assert pools == [2]
+    assert one.file.name == two.file.name  # same key: the worker count is not part of it
+    assert two.paths == one.paths == paths
+    assert one.file.read_bytes() == two.file.read_bytes()
+    assert len(calls) > 2 and calls[-1] == (200, 200)
+
+
+def test_small_job_starts_no_pool(
+    corpus: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, paths = corpus
+    monkeypatch.setattr(cache_mod, "_MIN_CHUNK", 2)
+    monkeypatch.setattr(cache_mod.cf, "ProcessPoolExecutor", None)  # any use would fail loudly
+    result = build_cache(root, paths, 32, tmp_path / "c", workers=4)
+    assert len(result.paths) == len(paths) - 2
+
+
+def test_pool_failure_falls_back_in_process(
+    corpus: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, paths = corpus
+
+    def _no_processes(*args, **kwargs):
+        raise OSError("process creation not permitted")
+
+    monkeypatch.setattr(cache_mod.cf, "ProcessPoolExecutor", _no_processes)
+    monkeypatch.setattr(cache_mod, "_MIN_CHUNK", 1)  # several chunks even for a tiny corpus
+    monkeypatch.setattr(cache_mod, "_POOL_MIN_SECONDS", 0.0)
+    one = build_cache(root, paths, 32, tmp_path / "one", workers=1)
+    result = build_cache(root, paths, 32, tmp_path / "c", workers=2)
+    assert result.paths == one.paths and result.skipped == one.skipped
+    assert np.array_equal(result.images, one.images)
+
+
+def test_default_image_size(data_root: Path, tmp_path: Path) -> None:
+    cifar = data_root / "cifar10-test"
+    assert default_image_size(cifar, ["cat/0000.jpg", "dog/0001.jpg"]) == 32
+    net = data_root / "imagenette-val"
+    assert default_image_size(net, ["English_springer/n02102040_1980.JPEG"]) == 96
+    for i, side in enumerate([40, 48, 48, 200, 30]):
+        Image.new("RGB", (side, 300)).save(tmp_path / f"{i}.png")
+    (tmp_path / "bad.png").write_text("x")
+    names = ["bad.png"] + [f"{i}.png" for i in range(5)]
+    assert default_image_size(tmp_path, names) == 32  # median shorter side 48
+    assert default_image_size(tmp_path, ["bad.png"]) == 96
+    assert default_image_size(tmp_path, []) == 96
+
+
+def test_cache_dir_default_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("IMGCLUSTER_CACHE_DIR", str(tmp_path / "explicit"))
+    assert cache_dir_default() == tmp_path / "explicit"
+    monkeypatch.delenv("IMGCLUSTER_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir_default() == tmp_path / "xdg" / "imgcluster"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir_default() == tmp_path / "home" / ".cache" / "imgcluster"
+
+
+def test_data_path_does_not_import_torch() -> None:
+    code = "import sys, imgcluster.cache, imgcluster.scan; sys.exit('torch' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+    )

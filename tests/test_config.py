@@ -1,0 +1,48 @@
+"""Configs round-trip through JSON and reject impossible settings by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imgcluster.config import RunConfig, under_clustering_k
+
+
+def test_round_trip_through_json():
+    cfg = RunConfig().replace(scl={"k": 7, "cross_cluster": False}, optim={"epochs": 3})
+    again = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+
+
+def test_unknown_keys_are_ignored():
+    d = RunConfig().to_dict()
+    d["scl"]["from_the_future"] = 1
+    assert RunConfig.from_dict(d) == RunConfig()
+
+
+def test_paper_defaults():
+    cfg = RunConfig()
+    assert (cfg.scl.momentum, cfg.scl.memory_size, cfg.scl.temperature) == (0.9, 4096, 0.1)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.batch_size) == (0.03, 5e-4, 256)
+    assert cfg.optim.epochs == 200
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value", "word"),
+    [
+        ("scl", "k", 1, "k"),
+        ("scl", "momentum", 1.0, "momentum"),
+        ("optim", "batch_size", 1, "batch size"),
+        ("model", "backbone", "vgg", "backbone"),
+        ("data", "image_size", 4, "image size"),
+        ("optim", "time_budget_minutes", 0, "time budget"),
+    ],
+)
+def test_validate_names_the_bad_setting(section, field, value, word):
+    with pytest.raises(ValueError, match=word):
+        RunConfig().replace(**{section: {field: value}}).validate()
+
+
+def test_under_clustering_k():
+    assert [under_clustering_k(k) for k in (2, 3, 10, 15, 200)] == [2, 2, 5, 8, 100]

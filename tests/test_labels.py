@@ -1,0 +1,75 @@
+"""Eq. 5 label update with merge-and-split, and Eq. 6 flip counts and weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from imgcluster.labels import (
+    hard_sample_weights,
+    merge_and_split,
+    merge_small_clusters,
+    min_cluster_size,
+    update_flip_counts,
+    update_labels,
+)
+
+
+def blobs(n_per: int, centres: int, dim: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=10, size=(centres, dim))
+    y = np.repeat(np.arange(centres), n_per)
+    return (means[y] + rng.normal(size=(len(y), dim))).astype(np.float32), y
+
+
+def test_merge_moves_small_cluster_to_next_likeliest():
+    probs = np.array([[0.5, 0.3, 0.2]] * 2 + [[0.1, 0.8, 0.1]] * 10 + [[0.1, 0.1, 0.8]] * 10)
+    labels = probs.argmax(1)
+    labels[:2] = 0  # cluster 0 has 2 images: too small for min size 3
+    merged = merge_small_clusters(labels, probs, min_size=3)
+    assert (merged[:2] == 1).all()  # 0.3 > 0.2: their next most likely cluster
+    assert (merged[2:] == labels[2:]).all()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_merge_and_split_leaves_no_empty_or_tiny_cluster(seed):
+    rng = np.random.default_rng(seed)
+    feats, _ = blobs(60, 3, seed=seed)  # 180 images, 3 real groups
+    c = 8
+    probs = rng.dirichlet(np.ones(c) * 0.05, size=len(feats))
+    probs[:, 5:] *= 0.01  # clusters 5..7 nearly never win: empty or tiny after argmax
+    min_size = min_cluster_size(20, len(feats), c)
+    labels = merge_and_split(probs.argmax(1), probs, feats, min_size, seed=seed)
+    sizes = np.bincount(labels, minlength=c)
+    assert sizes.min() >= min_size and sizes.sum() == len(feats)
+
+
+def test_split_follows_the_feature_structure():
+    """One cluster holding two far-apart blobs is split along them when an id is freed."""
+    feats, truth = blobs(50, 2)
+    probs = np.tile([0.9, 0.1], (100, 1))  # cluster 1 is empty after argmax
+    labels = update_labels(probs, feats, min_size=10, seed=0)
+    assert sorted(np.bincount(labels).tolist()) == [50, 50]
+    assert (labels == truth).all() or (labels == 1 - truth).all()
+
+
+def test_label_update_is_argmax_when_clusters_are_healthy():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=400)
+    labels = update_labels(probs, rng.normal(size=(400, 3)).astype(np.float32), 5)
+    assert (labels == probs.argmax(1)).all()
+
+
+def test_min_cluster_size_is_capped_for_small_folders():
+    assert min_cluster_size(20, 60000, 10) == 20
+    assert min_cluster_size(20, 200, 10) == 10
+    assert min_cluster_size(20, 10, 10) == 1
+
+
+def test_flip_counts_and_weights():
+    flips = update_flip_counts(np.ones(5), np.array([0, 1, 2, 3, 4]), np.array([0, 2, 2, 0, 4]))
+    assert flips.tolist() == [1, 2, 1, 2, 1]
+    w = hard_sample_weights(torch.tensor(flips))
+    torch.testing.assert_close(w, torch.tensor([1, 2, 1, 2, 1]) / 7.0)
+    torch.testing.assert_close(hard_sample_weights(torch.ones(4)), torch.full((4,), 0.25))

@@ -1,0 +1,121 @@
+"""Eq. 1-4 against naive per-sample loops and closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from imgcluster.losses import (
+    cluster_discrimination_loss,
+    cross_cluster_id_loss,
+    instance_loss,
+    memory_logits,
+    memory_soft_assignment,
+    weighted_loss,
+)
+
+TAU = 0.1
+
+
+def _unit(*shape: int) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, dtype=torch.float64), dim=-1)
+
+
+def naive_cross_cluster_id(q, k, banks, labels, tau, cross_cluster=True):
+    """Eq. 1 written as the paper does, one image at a time."""
+    out = []
+    for i in range(q.shape[0]):
+        pos = math.exp(float(q[i] @ k[i]) / tau)
+        neg = 0.0
+        for j in range(banks.shape[0]):
+            if cross_cluster and j == int(labels[i]):
+                continue  # Eq. 2: Q_i leaves out the image's own cluster's bank
+            for key in banks[j]:
+                neg += math.exp(float(q[i] @ key) / tau)
+        out.append(-math.log(pos / (pos + neg)))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def naive_soft_assignment(q, banks, tau):
+    """Eq. 3, one image and one bank at a time."""
+    rows = []
+    for i in range(q.shape[0]):
+        mass = [sum(math.exp(float(q[i] @ key) / tau) for key in bank) for bank in banks]
+        rows.append([m / sum(mass) for m in mass])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_cross_cluster_id_matches_naive_loop():
+    torch.manual_seed(0)
+    n, c, b, d = 6, 4, 5, 8
+    q, k, banks = _unit(n, d), _unit(n, d), _unit(c, b, d)
+    labels = torch.tensor([0, 1, 2, 3, 1, 0])
+    logits = memory_logits(q, banks.reshape(-1, d), c, TAU).double()
+    for cross in (True, False):
+        got = cross_cluster_id_loss(q, k, logits, labels, TAU, cross_cluster=cross)
+        want = naive_cross_cluster_id(q, k, banks, labels, TAU, cross_cluster=cross)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_id_loss_closed_form_with_orthogonal_negatives():
+    """q = k and every negative orthogonal: L = −log(e^{1/τ} / (e^{1/τ} + m)) with m negatives."""
+    d, c, b = 16, 3, 4
+    q = torch.zeros(1, d)
+    q[0, 0] = 1.0
+    banks = torch.zeros(c, b, d)
+    banks[..., 1] = 1.0  # orthogonal to q: cos = 0, e^0 = 1 each
+    logits = memory_logits(q, banks.reshape(-1, d), c, TAU)
+    got = cross_cluster_id_loss(q, q, logits, torch.tensor([2]), TAU)
+    m = (c - 1) * b  # own bank excluded
+    want = -math.log(math.exp(1 / TAU) / (math.exp(1 / TAU) + m))
+    assert abs(float(got) - want) < 1e-5
+
+
+def test_soft_assignment_matches_naive_and_has_no_gradient():
+    torch.manual_seed(1)
+    q, banks = _unit(5, 6), _unit(3, 7, 6)
+    q.requires_grad_(True)
+    logits = memory_logits(q, banks.reshape(-1, 6), 3, TAU)
+    p = memory_soft_assignment(logits)
+    torch.testing.assert_close(p.double(), naive_soft_assignment(q.detach(), banks, TAU))
+    torch.testing.assert_close(p.sum(1), torch.ones(5, dtype=p.dtype))
+    assert not p.requires_grad
+
+
+def test_soft_assignment_is_stable_at_small_temperature():
+    q, banks = _unit(4, 8).float(), _unit(3, 50, 8).float()
+    p = memory_soft_assignment(memory_logits(q, banks.reshape(-1, 8), 3, 0.001))
+    assert torch.isfinite(p).all()
+
+
+def test_cluster_discrimination_is_cross_entropy_with_soft_targets():
+    torch.manual_seed(2)
+    logits, target = torch.randn(7, 4), torch.softmax(torch.randn(7, 4), 1)
+    want = sum(
+        -sum(float(target[i, j]) * math.log(float(torch.softmax(logits[i], 0)[j])) for j in range(4))
+        for i in range(7)
+    ) / 7
+    assert abs(float(cluster_discrimination_loss(logits, target)) - want) < 1e-5
+    hard = F.one_hot(torch.arange(4) % 4, 4).float()
+    torch.testing.assert_close(
+        cluster_discrimination_loss(logits[:4], hard), F.cross_entropy(logits[:4], torch.arange(4))
+    )
+
+
+def test_instance_loss_is_moco_infonce():
+    torch.manual_seed(3)
+    q, k, queue = _unit(5, 8).float(), _unit(5, 8).float(), _unit(20, 8).float()
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], 1) / TAU
+    want = F.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
+    torch.testing.assert_close(instance_loss(q, k, queue, TAU), want)
+
+
+def test_weighted_loss_uniform_weights_equal_mean():
+    losses = torch.rand(9)
+    torch.testing.assert_close(weighted_loss(losses, torch.full((9,), 1 / 9)), losses.mean())
+    torch.testing.assert_close(weighted_loss(losses, None), losses.mean())
+    w = torch.zeros(9)
+    w[3] = 1.0
+    torch.testing.assert_close(weighted_loss(losses, w), losses[3])
