@@ -8,22 +8,28 @@ RandomResizedCrop(scale=(0.2, 1), ratio=(3/4, 4/3)), horizontal flip (p=0.5), Co
 Why not torchvision: a torchvision transform called on a batch tensor draws one set of random
 parameters for the whole batch (every image gets the same crop), which defeats contrastive
 learning, and calling it once per image is far too slow on a CPU. Here every random parameter is
-drawn per image, as tensors, and applied in a handful of batched kernels: the crop, its resize
-and the flip are one ``grid_sample``; each colour operation is a few element-wise passes with
-per-image factors. There is no host-device synchronisation, so it runs as well on a GPU.
+drawn per image, as tensors, and applied in batched kernels: the crop, its resize and the flip
+are one ``grid_sample``; each colour operation is a few element-wise passes with per-image
+factors. Nothing reads tensor values on the host, so there is no device synchronisation.
 
 The colour operations follow torchvision's definitions (``adjust_brightness``, ``_contrast``,
-``_saturation``, ``_hue`` and ``rgb_to_grayscale``, luma weights 0.2989/0.587/0.114 as
-torchvision uses for ITU-R 601-2), with a clamp to [0, 1] after each, and, like torchvision's
-``ColorJitter``, in an order drawn per image from the 24 permutations (see :func:`_color_jitter`).
+``_saturation``, ``_hue`` and ``rgb_to_grayscale``, whose luma weights are 0.2989/0.587/0.114
+for ITU-R 601-2), with a clamp to [0, 1] after each, and, like torchvision's ``ColorJitter``, in
+an order drawn per image from the 24 permutations (see :func:`_color_jitter`).
 
 Public API: :data:`MEAN`, :data:`STD`, :class:`AugmentParams`, :func:`to_float`,
 :func:`normalize`, :func:`preprocess` (the un-augmented input path, also what the ONNX exporter
 puts in front of the model) and :func:`augment`.
+
+Speed notes (CPU): ``where``, ``remainder``, ``aminmax`` over channels and bool tensors are
+several times slower than plain float arithmetic, and every freshly allocated page costs a
+fault (about 0.8 ms per MB on the VMs we measured), so the kernels below use float masks and
+in-place updates, and a large batch is rendered in cache-sized chunks.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -38,6 +44,14 @@ STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 _LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 _CROP_TRIES = 10  # torchvision's RandomResizedCrop attempts before its centre-crop fallback
+# Columns of the one uniform draw per batch: crop tries (area, log-ratio, top, left), flip,
+# jitter (3 factors, hue, 4 sort keys for the order, apply), grayscale.
+_U_CROP, _U_FLIP, _U_JITTER, _U_GRAY, _U_COLS = 0, 4 * _CROP_TRIES, 41, 50, 51
+
+# On CPU the batch is rendered in chunks of about this many values per B×3×H×W tensor, so the
+# ~60 element-wise passes work on cache-resident data and reuse small heap blocks. Measured on
+# 2 cores at 32 and 96 px (benchmarks/augment_speed.py).
+_CPU_CHUNK_ELEMS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -67,14 +81,8 @@ def to_float(x: Tensor) -> Tensor:
 
 def normalize(x: Tensor) -> Tensor:
     """float ``B×3×H×W`` in [0, 1] -> ``(x - MEAN) / STD`` per channel, float32, same shape."""
-    return _normalize_(x.to(torch.float32, copy=True))
-
-
-def _normalize_(x: Tensor) -> Tensor:
-    """In-place :func:`normalize` of a float32 ``B×3×H×W`` tensor the caller owns."""
-    mean = torch.tensor(MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+    mean, std = _channel_const(MEAN, x.device), _channel_const(STD, x.device)
+    return (x.to(torch.float32) - mean).div_(std)
 
 
 def preprocess(x: Tensor) -> Tensor:
@@ -99,16 +107,11 @@ def augment(
     return _views(x, generator, params, normalise=True)
 
 
-def _augment01(x: Tensor, generator: torch.Generator | None, params: AugmentParams) -> Tensor:
-    """:func:`augment` before normalisation: uint8 ``B×3×H×W`` -> float32 in [0, 1]."""
+def _augment01(
+    x: Tensor, generator: torch.Generator | None = None, params: AugmentParams = AugmentParams()
+) -> Tensor:
+    """:func:`augment` without the normalisation: uint8 ``B×3×H×W`` -> float32 in [0, 1]."""
     return _views(x, generator, params, normalise=False)
-
-
-# On CPU the batch is processed in chunks of about this many float values per B×3×H×W tensor:
-# the ~60 element-wise passes then run on cache-resident data and reuse the same small heap
-# blocks, instead of streaming whole-batch temporaries through memory (and, on VMs where
-# fresh pages are expensive, page-faulting on each new one). Measured best around 2**18.
-_CPU_CHUNK_ELEMS = 1 << 18
 
 
 def _views(
@@ -121,111 +124,93 @@ def _views(
     batch, channels, height, width = x.shape
     if channels != 3:
         raise ValueError(f"expected B×3×H×W images, got shape {tuple(x.shape)}")
-    plan = _draw_plan(batch, (height, width), params, _Draw(generator, x.device))
+    u = torch.rand((batch, _U_COLS), generator=generator, device=x.device)
+    plan = _make_plan(u, (height, width), params)
     chunk = batch
     if x.device.type == "cpu":  # on a GPU one launch per op for the whole batch is best
         chunk = max(1, _CPU_CHUNK_ELEMS // (channels * height * width))
-    if chunk >= batch:
-        return _render(x, plan, 0, batch, normalise)
     out = torch.empty((batch, channels, height, width), dtype=torch.float32, device=x.device)
+    mean, std = _channel_const(MEAN, x.device), _channel_const(STD, x.device)
     for start in range(0, batch, chunk):
         stop = min(start + chunk, batch)
-        out[start:stop] = _render(x[start:stop], plan, start, stop, normalise)
+        view = _render(x[start:stop], plan, start, stop)
+        if normalise:  # same arithmetic as normalize(), written straight into the output
+            torch.sub(view, mean, out=out[start:stop]).div_(std)
+        else:
+            out[start:stop] = view
     return out
 
 
-class _Draw:
-    """Uniform draws from one generator on one device (keeps call sites short)."""
+@functools.lru_cache(maxsize=32)
+def _channel_const(values: tuple[float, float, float], device: torch.device) -> Tensor:
+    """A ``1×3×1×1`` float32 constant, made once per device (creating one costs a copy)."""
+    # A normal tensor even when first asked for under inference_mode: an inference tensor
+    # could not be saved for backward if the caller later differentiates through normalize().
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
-    def __init__(self, generator: torch.Generator | None, device: torch.device) -> None:
-        self.generator = generator
-        self.device = device
 
-    def uniform(self, *shape: int, low: float = 0.0, high: float = 1.0) -> Tensor:
-        """float32 tensor of ``shape`` with values ~ U[low, high)."""
-        u = torch.rand(shape, generator=self.generator, device=self.device)
-        return u.mul_(high - low).add_(low) if (low, high) != (0.0, 1.0) else u
+# --- the random draws ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Plan:
     """Every random choice for a batch of ``B`` images, as tensors on the images' device.
 
-    ``boxes`` ``B×4`` crop boxes and ``flip`` ``B`` bool (see :func:`_grid_from_boxes`);
-    ``blend`` ``6×3×B`` coefficients of the linear jitter steps (see :func:`_jitter_schedule`)
-    and ``hue`` ``B`` shifts, ``None`` when no jitter (or no hue jitter) is configured; ``gray`` ``B×1×1×1``
-    float 0/1 (1 = convert to grayscale), ``None`` when grayscale is off.
+    ``xs`` ``B×W`` and ``ys`` ``B×H``: sampling coordinates of the crop (see
+    :func:`_axis_coords`); ``blend`` ``6×3×B``: coefficients of the linear jitter steps and
+    ``hue`` ``B``: hue shifts (see :func:`_jitter_schedule`), ``None`` when switched off;
+    ``gray`` ``B×1×1×1`` float, 1 = convert to grayscale, ``None`` when switched off.
     """
 
-    boxes: Tensor
-    flip: Tensor
+    xs: Tensor
+    ys: Tensor
     blend: Tensor | None
     hue: Tensor | None
     gray: Tensor | None
 
 
-def _draw_plan(batch: int, size: tuple[int, int], params: AugmentParams, draw: _Draw) -> _Plan:
-    """Draw all of a batch's augmentation parameters (order of draws fixed: reproducible)."""
-    boxes = _sample_boxes(batch, size, params.scale, params.ratio, draw)
-    flip = draw.uniform(batch) < params.flip_p
+def _make_plan(u: Tensor, size: tuple[int, int], params: AugmentParams) -> _Plan:
+    """Turn uniforms ``B×51`` (the batch's only random draw) into a :class:`_Plan`."""
+    batch = u.shape[0]
+    crop_u = u[:, _U_CROP:_U_FLIP].reshape(batch, 4, _CROP_TRIES)
+    boxes = _sample_boxes(crop_u, size, params.scale, params.ratio)
+    flip = u[:, _U_FLIP] < params.flip_p
+    ys = _axis_coords(boxes[:, 0], boxes[:, 2], size[0], torch.zeros_like(flip))
+    xs = _axis_coords(boxes[:, 1], boxes[:, 3], size[1], flip)
     blend = hue = gray = None
     # Python checks on settings, never on tensor values: no host-device sync.
     if params.jitter_p > 0:
-        blend, hue = _jitter_schedule(batch, params, draw)
+        blend, hue = _jitter_schedule(u[:, _U_JITTER:_U_GRAY], params)
         hue = hue if params.hue > 0 else None  # skip the hue pass when it cannot do anything
     if params.grayscale_p > 0:
-        gray = (draw.uniform(batch) < params.grayscale_p).to(torch.float32).view(-1, 1, 1, 1)
-    return _Plan(boxes, flip, blend, hue, gray)
-
-
-def _render(x: Tensor, plan: _Plan, start: int, stop: int, normalise: bool) -> Tensor:
-    """Apply images ``start:stop`` of ``plan`` to ``x`` (uint8 ``b×3×H×W``) -> float32."""
-    size = (x.shape[2], x.shape[3])
-    grid = _grid_from_boxes(plan.boxes[start:stop], plan.flip[start:stop], size)
-    # grid_sample's CPU kernel is fastest on NCHW; making the uint8 input contiguous is the
-    # cheapest place to undo channels_last.
-    img = to_float(x.contiguous())
-    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if plan.blend is not None:
-        hue = None if plan.hue is None else plan.hue[start:stop]
-        out = _color_jitter(out, plan.blend[:, :, start:stop], hue)
-    if plan.gray is not None:
-        m = plan.gray[start:stop]
-        # x*(1-m) + gray*m is exact for m in {0, 1} and cheaper than where() on CPU.
-        out = torch.addcmul(_grayscale(out).mul_(m), out, 1.0 - m)
-    return _normalize_(out) if normalise else out
-
-
-# --- crop, resize and flip ------------------------------------------------------------------
+        gray = (u[:, _U_GRAY] < params.grayscale_p).to(torch.float32).view(-1, 1, 1, 1)
+    return _Plan(xs, ys, blend, hue, gray)
 
 
 def _sample_boxes(
-    batch: int,
-    size: tuple[int, int],
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-    draw: _Draw,
+    u: Tensor, size: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float]
 ) -> Tensor:
-    """RandomResizedCrop boxes ``B×4`` as float ``(top, left, height, width)`` in pixels.
+    """RandomResizedCrop boxes ``B×4``, float ``(top, left, height, width)`` in whole pixels.
 
-    torchvision's sampling, vectorised: all 10 tries are drawn at once and the first valid one
-    is kept; an image with none valid gets torchvision's centre-crop fallback. Sizes and offsets
-    are whole pixels, as in torchvision.
+    ``u`` is ``B×4×T`` uniforms (area, log-ratio, top, left for each of ``T`` tries).
+    torchvision's sampling, vectorised: all tries at once, the first valid one is kept, and an
+    image with none valid gets torchvision's centre-crop fallback.
     """
     height, width = size
-    area = draw.uniform(batch, _CROP_TRIES, low=scale[0], high=scale[1]) * (height * width)
-    log_r = draw.uniform(batch, _CROP_TRIES, low=math.log(ratio[0]), high=math.log(ratio[1]))
-    aspect = torch.exp(log_r)
+    area = (u[:, 0] * (scale[1] - scale[0]) + scale[0]) * (height * width)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(u[:, 1] * (log_hi - log_lo) + log_lo)
     w = torch.sqrt(area * aspect).round_()  # torch.round is half-to-even like Python's round
     h = torch.sqrt(area / aspect).round_()
     ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     # randint(0, n - h + 1) as floor(u * (n - h + 1)); the clamp guards float rounding up to n.
-    top = torch.minimum((draw.uniform(batch, _CROP_TRIES) * (height - h + 1)).floor_(), height - h)
-    left = torch.minimum((draw.uniform(batch, _CROP_TRIES) * (width - w + 1)).floor_(), width - w)
+    top = torch.minimum((u[:, 2] * (height - h + 1)).floor_(), height - h)
+    left = torch.minimum((u[:, 3] * (width - w + 1)).floor_(), width - w)
     tries = torch.stack((top, left, h, w), dim=-1)  # B×T×4
     first = ok.to(torch.uint8).argmax(dim=1)  # argmax returns the first of equal maxima
-    picked = tries[torch.arange(batch, device=draw.device), first]
-    fallback = torch.tensor(_centre_box(size, ratio), dtype=torch.float32, device=draw.device)
+    picked = tries.gather(1, first.view(-1, 1, 1).expand(-1, 1, 4)).squeeze(1)
+    fallback = torch.tensor(_centre_box(size, ratio), dtype=torch.float32, device=u.device)
     return torch.where(ok.any(dim=1, keepdim=True), picked, fallback)
 
 
@@ -242,6 +227,55 @@ def _centre_box(size: tuple[int, int], ratio: tuple[float, float]) -> tuple[int,
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def _jitter_schedule(u: Tensor, params: AugmentParams) -> tuple[Tensor, Tensor]:
+    """ColorJitter's per-image draws, laid out as the step schedule of :func:`_color_jitter`.
+
+    ``u`` is ``B×9`` uniforms. Returns ``blend`` ``6×3×B``, the ``(factor, gray, mean)``
+    coefficients of :func:`_blend_` for each of the six linear steps, and ``hue`` ``B``.
+    Images not jittered (probability ``1 - jitter_p``) get identity steps and no hue shift.
+    """
+    strengths = torch.tensor(
+        (params.brightness, params.contrast, params.saturation), device=u.device
+    )
+    low = (1.0 - strengths).clamp_(min=0.0)
+    factors = low + u[:, :3] * (1.0 + strengths - low)  # B×3, U[max(0, 1-s), 1+s]
+    hue = (u[:, 3] * 2.0 - 1.0) * params.hue
+    order = torch.argsort(u[:, 4:8], dim=1)  # a uniform permutation of 0..3 per image; 3 = hue
+    apply = u[:, 8] < params.jitter_p
+    factors = torch.where(apply.view(-1, 1), factors, 1.0)
+    hue = torch.where(apply, hue, 0.0)
+    # Pad each order with "no-op" (3) on both sides and read 7 slots centred on its hue: slot
+    # t runs entry t - 3 + (position of hue). Slot 3 is the hue itself, the rest are blends.
+    padded = F.pad(order, (3, 3), value=3)
+    hue_pos = (order == 3).to(torch.uint8).argmax(dim=1, keepdim=True)
+    slots = torch.tensor((0, 1, 2, 4, 5, 6), device=u.device)
+    op = padded.gather(1, hue_pos + slots)  # B×6, 0/1/2 = brightness/contrast/saturation
+    f = F.pad(factors, (0, 1), value=1.0).gather(1, op)  # op 3 -> factor 1, an exact no-op
+    coef = torch.stack((f, (1.0 - f) * (op == 2), (1.0 - f) * (op == 1)))  # 3×B×6
+    return coef.permute(2, 0, 1).contiguous(), hue
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def _render(x: Tensor, plan: _Plan, start: int, stop: int) -> Tensor:
+    """Images ``start:stop`` of ``plan`` applied to ``x`` (uint8 ``b×3×H×W``) -> float [0, 1]."""
+    grid = _stack_grid(plan.xs[start:stop], plan.ys[start:stop])
+    # grid_sample's CPU kernel is fastest on NCHW; the uint8 input is the cheapest place to
+    # undo channels_last.
+    img = to_float(x.contiguous())
+    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if plan.blend is not None:
+        hue = None if plan.hue is None else plan.hue[start:stop]
+        out = _color_jitter(out, plan.blend[:, :, start:stop], hue)
+    if plan.gray is not None:
+        m = plan.gray[start:stop]
+        # x*(1-m) + gray*m: exact for m in {0, 1}, and cheaper than where() on CPU.
+        gray = _grayscale(out).mul_(m)
+        out = out.mul_(1.0 - m).add_(gray)
+    return out
+
+
 def _grid_from_boxes(boxes: Tensor, flip: Tensor, size: tuple[int, int]) -> Tensor:
     """``grid_sample`` grid ``B×H×W×2`` that resizes each box to ``size`` and maybe flips it.
 
@@ -252,10 +286,14 @@ def _grid_from_boxes(boxes: Tensor, flip: Tensor, size: tuple[int, int]) -> Tens
     torchvision's crop-then-resize (which never reads pixels outside the crop) instead of
     blending in up to half a pixel of the surroundings at the box edges.
     """
-    height, width = size
-    ys = _axis_coords(boxes[:, 0], boxes[:, 2], height, torch.zeros_like(flip))
-    xs = _axis_coords(boxes[:, 1], boxes[:, 3], width, flip)
-    batch = boxes.shape[0]
+    ys = _axis_coords(boxes[:, 0], boxes[:, 2], size[0], torch.zeros_like(flip))
+    xs = _axis_coords(boxes[:, 1], boxes[:, 3], size[1], flip)
+    return _stack_grid(xs, ys)
+
+
+def _stack_grid(xs: Tensor, ys: Tensor) -> Tensor:
+    """Separable coordinates ``B×W`` and ``B×H`` -> ``grid_sample`` grid ``B×H×W×2``."""
+    batch, height, width = xs.shape[0], ys.shape[1], xs.shape[1]
     grid_x = xs.view(batch, 1, width).expand(batch, height, width)
     grid_y = ys.view(batch, height, 1).expand(batch, height, width)
     return torch.stack((grid_x, grid_y), dim=-1)
@@ -317,63 +355,39 @@ def _adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
 def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     """torchvision ``adjust_hue`` with a shift per image: float ``B×3×H×W`` in [0, 1], ``B``.
 
-    Same HSV hexcone model as torchvision's ``_rgb2hsv``/``_hsv2rgb``, written with arithmetic
-    masks and the closed-form way back (CPU ``where``, ``remainder`` and ``aminmax`` over the
-    channel axis are several times slower than plain arithmetic):
-    ``rgb = min + chroma * pure(h)`` with ``pure`` the fully saturated colour of hue ``h``,
-    ``r = clamp(|6h - 3| - 1)``, ``g = clamp(2 - |6h - 2|)``, ``b = clamp(2 - |6h - 4|)``.
-    Equal to torchvision up to float rounding (about 1e-6).
+    Same HSV hexcone model as torchvision's ``_rgb2hsv``/``_hsv2rgb`` (hue from the largest
+    channel, r winning ties, then g), with the closed-form way back ``rgb = min + chroma *
+    pure(h)``, ``pure`` being the fully saturated colour of hue ``h`` in sixths of a turn:
+    ``r = clamp(|h - 3| - 1)``, ``g = clamp(2 - |h - 2|)``, ``b = clamp(2 - |h - 4|)``.
+    Equal to torchvision up to float rounding (about 1e-6). Returns a new tensor.
     """
+    return _adjust_hue_(x.clone(), shift)
+
+
+def _adjust_hue_(x: Tensor, shift: Tensor) -> Tensor:
+    """:func:`_adjust_hue` overwriting ``x`` (saves a fresh B×3×H×W buffer)."""
     r, g, b = x.unbind(dim=1)
     maxc = torch.maximum(torch.maximum(r, g), b)
     minc = torch.minimum(torch.minimum(r, g), b)
-    chroma = maxc - minc
-    # One-hot of the hue branch (largest channel; r wins ties, then g), as float weights.
-    on_r = (maxc == r).to(x.dtype)
-    on_g = (maxc == g).to(x.dtype).mul_(1.0 - on_r)
-    on_b = 1.0 - on_r - on_g
-    diff = on_r * (g - b) + on_g * (b - r) + on_b * (r - g)
-    # Grey pixels have diff 0; the floor on chroma only avoids 0/0 (and for chroma < 1e-12 the
-    # hue is irrelevant since the output is min + chroma * pure).
-    hue6 = diff.div_(chroma.clamp_min(1e-12)).add_(on_g, alpha=2.0).add_(on_b, alpha=4.0)
-    hue6.add_(6.0 * shift.view(-1, 1, 1))
+    on_r = torch.eq(maxc, r, out=torch.empty_like(maxc))  # float one-hot of the hue branch
+    on_g = torch.eq(maxc, g, out=torch.empty_like(maxc)).mul_(1.0 - on_r)
+    on_b = (1.0 - on_r).sub_(on_g)
+    hue6 = torch.sub(g, b).mul_(on_r).addcmul_(on_g, b - r).addcmul_(on_b, r - g)
+    chroma = maxc.sub_(minc)  # maxc is not needed any more
+    # Grey pixels have a zero numerator; the floor on chroma only avoids 0/0 (below it the hue
+    # does not matter: the output is min + chroma * pure).
+    hue6.div_(chroma.clamp_min(1e-12)).add_(on_g, alpha=2.0).add_(on_b, alpha=4.0)
+    hue6.add_(shift.view(-1, 1, 1), alpha=6.0)
     hue6.sub_(torch.floor(hue6 * (1.0 / 6.0)), alpha=6.0)  # mod 6; pure() is continuous at 0/6
-    centre = torch.tensor([3.0, 2.0, 4.0], device=x.device).view(1, 3, 1, 1)
-    sign = torch.tensor([1.0, -1.0, -1.0], device=x.device).view(1, 3, 1, 1)
-    offset = torch.tensor([-1.0, 2.0, 2.0], device=x.device).view(1, 3, 1, 1)
-    pure = torch.addcmul(offset, (hue6.unsqueeze(1) - centre).abs_(), sign).clamp_(0.0, 1.0)
-    return torch.addcmul(minc.unsqueeze(1), pure, chroma.unsqueeze(1))
-
-
-def _jitter_schedule(batch: int, params: AugmentParams, draw: _Draw) -> tuple[Tensor, Tensor]:
-    """ColorJitter's per-image draws, laid out as the step schedule of :func:`_color_jitter`.
-
-    Returns ``blend`` ``6×3×B``, the ``(factor, gray, mean)`` coefficients of :func:`_blend_`
-    for each of the six linear steps, and ``hue`` ``B``. Images not jittered (probability
-    ``1 - jitter_p``) get identity coefficients and a zero hue shift.
-    """
-    cols = []
-    for strength in (params.brightness, params.contrast, params.saturation):
-        cols.append(draw.uniform(batch, low=max(0.0, 1.0 - strength), high=1.0 + strength))
-    hue = draw.uniform(batch, low=-params.hue, high=params.hue)
-    order = torch.argsort(draw.uniform(batch, 4), dim=1)  # uniform permutation of 0..3, 3 = hue
-    apply = draw.uniform(batch) < params.jitter_p
-    factors = torch.where(apply.view(-1, 1), torch.stack(cols, dim=1), 1.0)  # B×3
-    hue = torch.where(apply, hue, 0.0)
-    hue_pos = (order == 3).to(torch.uint8).argmax(dim=1)  # B, where hue sits in the order
-    steps = []
-    for step in (0, 1, 2, 4, 5, 6):
-        idx = hue_pos + (step - 3)  # which entry of the image's order runs at this step
-        op = order.gather(1, idx.clamp(0, 3).view(-1, 1)).squeeze(1)
-        op = torch.where((idx >= 0) & (idx <= 3), op, 3)  # 3 here: nothing at this step
-        f = factors.gather(1, op.clamp(max=2).view(-1, 1)).squeeze(1)
-        f = torch.where(op == 3, 1.0, f)
-        steps.append(torch.stack((f, (1.0 - f) * (op == 2), (1.0 - f) * (op == 1))))
-    return torch.stack(steps), hue
+    # From here on x (r, g, b) is dead, so its storage holds pure() and then the result.
+    pure = torch.sub(hue6.unsqueeze(1), _channel_const((3.0, 2.0, 4.0), x.device), out=x)
+    pure.abs_().mul_(_channel_const((1.0, -1.0, -1.0), x.device))
+    pure.add_(_channel_const((-1.0, 2.0, 2.0), x.device)).clamp_(0.0, 1.0)
+    return pure.mul_(chroma.unsqueeze(1)).add_(minc.unsqueeze(1))
 
 
 def _color_jitter(x: Tensor, blend: Tensor, hue: Tensor | None) -> Tensor:
-    """ColorJitter with per-image factors and order: float ``B×3×H×W`` in [0, 1], in place.
+    """ColorJitter with per-image factors and order, in place: float ``B×3×H×W`` in [0, 1].
 
     ``blend`` ``6×3×B`` and ``hue`` ``B`` come from :func:`_jitter_schedule` (``hue=None``:
     no hue step).
@@ -385,10 +399,10 @@ def _color_jitter(x: Tensor, blend: Tensor, hue: Tensor | None) -> Tensor:
     aligned so that hue sits at the middle of a 7-step schedule ``L L L H L L L``: the ops the
     image has before hue fill the last of the first three linear steps, those after it the
     first of the last three, and unused steps are exact identities. The price is three extra
-    blends (cheap next to the one hue pass) instead of a fixed or per-batch order.
+    blends (about 15% of the augmentation time) instead of a fixed or per-batch order.
     """
     for step in range(6):
         if step == 3 and hue is not None:
-            x = _adjust_hue(x, hue)
+            x = _adjust_hue_(x, hue)
         x = _blend_(x, blend[step, 0], blend[step, 1], blend[step, 2])
     return x

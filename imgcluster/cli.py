@@ -21,7 +21,8 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
-    help="Find the natural groups in a folder of unlabelled images (Semantic Contrastive Learning).",
+    help="Find the natural groups in a folder of unlabelled images (Semantic Contrastive "
+    "Learning).",
 )
 console = Console(stderr=True)
 out_console = Console()
@@ -171,14 +172,15 @@ def run_fit(config: RunConfig, out: Path | None, resume: bool) -> Any:
     from imgcluster.fit import fit as fit_run
     from imgcluster.rundir import RunError
 
+    progress = FitProgress(console)
     try:
-        with FitProgress(console) as progress:
+        with progress:
             return fit_run(config, out, resume=resume, callback=progress.update)
     except RunError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        where = f" --out {out}" if out is not None else " --out <run directory>"
-        fail(f"interrupted: the last checkpoint is intact; continue with: imgcluster fit --resume{where}", 130)
+        where = progress.run_dir or out or "<run directory>"
+        fail(f"interrupted; the last checkpoint is intact: imgcluster fit --resume --out {where}", 130)
     return None
 
 
@@ -206,6 +208,7 @@ class FitProgress:
             transient=False,
         )
         self.tasks: dict[str, Any] = {}
+        self.run_dir: str | None = None
 
     def __enter__(self) -> FitProgress:
         self.bar.__enter__()
@@ -223,14 +226,17 @@ class FitProgress:
         """Translate one library Progress event into the bars."""
         if event.stage == "decode":
             self.bar.update(self._task("decode", "decode", event.total), completed=event.done)
+        elif event.stage == "run_dir":
+            self.run_dir = event.info["path"]
         elif event.stage == "train":
-            task = self._task("step", "epoch", event.total)
+            task = self._task("steps", "steps", event.total)
             self.bar.update(task, completed=event.done, total=event.total)
             self.bar.update(task, info=f"loss {event.info['loss']:.3f}")
         elif event.stage == "epoch":
-            task = self._task("epochs", "train", event.total)
+            task = self._task("epochs", "epochs", event.total)
             r = event.info
-            info = f"loss {r['loss']:.3f}  {r['images_per_s']:.0f} img/s  flips {r.get('label_flips', 0)}"
+            flips = r.get("label_flips", 0)
+            info = f"loss {r['loss']:.3f}  {r['images_per_s']:.0f} img/s  flips {flips}"
             self.bar.update(task, completed=event.done, total=event.total, info=info)
         elif event.stage == "message":
             self.bar.console.print(event.info["text"])
@@ -250,7 +256,9 @@ def print_fit_summary(result: Any) -> None:
         table.add_row(str(c), str(n), f"{conf.mean():.3f}" if n else "-")
     out_console.print(table)
     if result.skipped:
-        out_console.print(f"{len(result.skipped)} file(s) skipped: see {result.run_dir}/skipped.csv")
+        out_console.print(
+            f"{len(result.skipped)} file(s) skipped: see {result.run_dir}/skipped.csv"
+        )
     out_console.print(
         f"{result.epochs} epochs on {result.device}; run directory: [bold]{result.run_dir}[/]"
     )

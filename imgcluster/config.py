@@ -99,7 +99,7 @@ class RunConfig:
         return cls(**parts)
 
     def replace(self, **sections: Any) -> RunConfig:
-        """Return a copy with some sub-configs' fields changed: ``cfg.replace(optim={"epochs": 5})``."""
+        """A copy with some sections' fields changed: ``cfg.replace(optim={"epochs": 5})``."""
         new = {}
         for name, changes in sections.items():
             new[name] = dataclasses.replace(getattr(self, name), **changes)

@@ -125,7 +125,9 @@ def prepare_out_dir(cfg: RunConfig, out: Path | None, resume: bool) -> Path:
         name = Path(cfg.data.source).resolve().name or "run"
         out = rd.numbered_run_dir(Path("runs"), name)
     elif rd.is_run_dir(out) and not resume:
-        raise rd.RunError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+        raise rd.RunError(
+            f"{out} already holds a run: pass --resume to continue it, or another --out"
+        )
     elif resume and not rd.is_run_dir(out):
         raise rd.RunError(f"nothing to resume in {out}: no run was started there")
     try:
@@ -197,7 +199,9 @@ class Trainer:
             callback(Progress("labels", 0, 1))
             self.last_predictions = predict(self.model, self.images, cfg.scl.temperature)
             task_stats = update_task_labels(
-                self.model, self.last_predictions, cfg.scl.min_cluster_size,
+                self.model,
+                self.last_predictions,
+                cfg.scl.min_cluster_size,
                 cfg.optim.seed + self.epoch,
             )
         self.epoch += 1
@@ -269,6 +273,7 @@ def fit(
     elif not resume:
         raise rd.RunError("no source folder given")
     out = prepare_out_dir(config, Path(out) if out is not None else None, resume)
+    callback(Progress("run_dir", 0, 0, {"path": str(out)}))
     state = _load_resume_state(out, config, callback) if resume else None
     if state is not None:
         config = _resumed_config(config, state)
@@ -282,8 +287,15 @@ def fit(
     clusters, confidence = final_assignments(trainer)
     rd.write_assignments(out / rd.ASSIGNMENTS, cache.paths, clusters, confidence)
     return FitResult(
-        out, config, cache.paths, clusters, confidence, cache.skipped, trainer.epoch,
-        str(device), history,
+        out,
+        config,
+        cache.paths,
+        clusters,
+        confidence,
+        cache.skipped,
+        trainer.epoch,
+        str(device),
+        history,
     )
 
 
@@ -337,7 +349,10 @@ def _train(
         record = trainer.epoch_once(callback)
         if budgeted and budget is not None and trainer.epoch == 1:
             trainer.epochs_total = epochs_for_budget(
-                budget * 60.0, time.perf_counter() - start, record["seconds"], 1,
+                budget * 60.0,
+                time.perf_counter() - start,
+                record["seconds"],
+                1,
                 trainer.cfg.optim.epochs,
             )
         record.update(epochs_total=trainer.epochs_total, device=str(trainer.device))
@@ -349,4 +364,3 @@ def _train(
         trainer.last_predictions = predict(
             trainer.model, trainer.images, trainer.cfg.scl.temperature
         )
-

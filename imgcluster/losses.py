@@ -52,7 +52,7 @@ def cross_cluster_id_loss(
 
 
 def weighted_loss(per_sample: Tensor, weights: Tensor | None) -> Tensor:
-    """Eq. 6's L_ID = Σ_i w_i L_ID(i) with Σ_i w_i = 1; the plain batch mean when weights is None."""
+    """Eq. 6: L_ID = Σ_i w_i L_ID(i) with Σ_i w_i = 1; the plain batch mean without weights."""
     if weights is None:
         return per_sample.mean()
     return (weights * per_sample).sum()

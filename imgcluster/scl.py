@@ -96,9 +96,7 @@ class SCL(nn.Module):
         self.tasks = nn.ModuleDict()
         if cfg.method == "scl":
             for name, c in ((CLUSTERING, cfg.k), (UNDER, under_clustering_k(cfg.k))):
-                self.tasks[name] = ClusteringTask(
-                    c, num_images, feature_dim, cfg.memory_size, gen
-                )
+                self.tasks[name] = ClusteringTask(c, num_images, feature_dim, cfg.memory_size, gen)
         self.queue = InstanceQueue(min(cfg.memory_size, num_images), feature_dim)
 
     def loss_terms(self, q: Tensor, k: Tensor, idx: Tensor) -> LossTerms:

@@ -174,7 +174,10 @@ def make_optimizer(model: SCL, cfg: RunConfig) -> torch.optim.SGD:
     """SGD, momentum 0.9, weight decay 5e-4 over the trainable parameters (not θ̃)."""
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.SGD(
-        params, lr=cfg.optim.lr, momentum=cfg.optim.sgd_momentum, weight_decay=cfg.optim.weight_decay
+        params,
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.sgd_momentum,
+        weight_decay=cfg.optim.weight_decay,
     )
 
 
@@ -182,4 +185,3 @@ def confidence_ranked(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cluster (argmax) and confidence (its probability) of each row of N×C probabilities."""
     clusters = probs.argmax(axis=1)
     return clusters.astype(np.int64), probs[np.arange(len(probs)), clusters]
-

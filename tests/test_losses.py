@@ -93,10 +93,16 @@ def test_soft_assignment_is_stable_at_small_temperature():
 def test_cluster_discrimination_is_cross_entropy_with_soft_targets():
     torch.manual_seed(2)
     logits, target = torch.randn(7, 4), torch.softmax(torch.randn(7, 4), 1)
-    want = sum(
-        -sum(float(target[i, j]) * math.log(float(torch.softmax(logits[i], 0)[j])) for j in range(4))
-        for i in range(7)
-    ) / 7
+    want = (
+        sum(
+            -sum(
+                float(target[i, j]) * math.log(float(torch.softmax(logits[i], 0)[j]))
+                for j in range(4)
+            )
+            for i in range(7)
+        )
+        / 7
+    )
     assert abs(float(cluster_discrimination_loss(logits, target)) - want) < 1e-5
     hard = F.one_hot(torch.arange(4) % 4, 4).float()
     torch.testing.assert_close(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from imgcluster.config import RunConfig, SCLConfig
-from imgcluster.scl import CLUSTERING, UNDER, SCL
+from imgcluster.scl import CLUSTERING, SCL, UNDER
 from imgcluster.train import make_optimizer, train_step
 
 
