@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -130,24 +131,26 @@ def _views(
     if x.device.type == "cpu":  # on a GPU one launch per op for the whole batch is best
         chunk = max(1, _CPU_CHUNK_ELEMS // (channels * height * width))
     out = torch.empty((batch, channels, height, width), dtype=torch.float32, device=x.device)
-    mean, std = _channel_const(MEAN, x.device), _channel_const(STD, x.device)
+    ws = _scratch(x.device)
     for start in range(0, batch, chunk):
         stop = min(start + chunk, batch)
-        view = _render(x[start:stop], plan, start, stop)
-        if normalise:  # same arithmetic as normalize(), written straight into the output
-            torch.sub(view, mean, out=out[start:stop]).div_(std)
-        else:
-            out[start:stop] = view
+        _render(x[start:stop], plan, start, stop, out[start:stop], normalise, ws)
     return out
 
 
 @functools.lru_cache(maxsize=32)
 def _channel_const(values: tuple[float, float, float], device: torch.device) -> Tensor:
-    """A ``1×3×1×1`` float32 constant, made once per device (creating one costs a copy)."""
-    # A normal tensor even when first asked for under inference_mode: an inference tensor
-    # could not be saved for backward if the caller later differentiates through normalize().
+    """A ``1×3×1×1`` float32 constant, made once per device.
+
+    Filled in place rather than copied from a Python list, since a host-to-device copy would
+    synchronise. Never an inference tensor (even if first asked for under inference_mode),
+    which could not be saved for backward if a caller differentiates through normalize().
+    """
     with torch.inference_mode(False):
-        return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        const = torch.empty((1, 3, 1, 1), dtype=torch.float32, device=device)
+        for i, value in enumerate(values):
+            const[:, i].fill_(value)
+    return const
 
 
 # --- the random draws ------------------------------------------------------------------------
@@ -210,8 +213,10 @@ def _sample_boxes(
     tries = torch.stack((top, left, h, w), dim=-1)  # B×T×4
     first = ok.to(torch.uint8).argmax(dim=1)  # argmax returns the first of equal maxima
     picked = tries.gather(1, first.view(-1, 1, 1).expand(-1, 1, 4)).squeeze(1)
-    fallback = torch.tensor(_centre_box(size, ratio), dtype=torch.float32, device=u.device)
-    return torch.where(ok.any(dim=1, keepdim=True), picked, fallback)
+    any_ok = ok.any(dim=1)
+    # Column by column with Python scalars: a tensor literal would be a host-to-device copy.
+    fallback = _centre_box(size, ratio)
+    return torch.stack([torch.where(any_ok, picked[:, i], float(fallback[i])) for i in range(4)], 1)
 
 
 def _centre_box(size: tuple[int, int], ratio: tuple[float, float]) -> tuple[int, int, int, int]:
@@ -234,11 +239,11 @@ def _jitter_schedule(u: Tensor, params: AugmentParams) -> tuple[Tensor, Tensor]:
     coefficients of :func:`_blend_` for each of the six linear steps, and ``hue`` ``B``.
     Images not jittered (probability ``1 - jitter_p``) get identity steps and no hue shift.
     """
-    strengths = torch.tensor(
-        (params.brightness, params.contrast, params.saturation), device=u.device
-    )
-    low = (1.0 - strengths).clamp_(min=0.0)
-    factors = low + u[:, :3] * (1.0 + strengths - low)  # B×3, U[max(0, 1-s), 1+s]
+    cols = []
+    for i, strength in enumerate((params.brightness, params.contrast, params.saturation)):
+        low = max(0.0, 1.0 - strength)
+        cols.append(u[:, i] * (1.0 + strength - low) + low)  # U[max(0, 1-s), 1+s]
+    factors = torch.stack(cols, dim=1)  # B×3
     hue = (u[:, 3] * 2.0 - 1.0) * params.hue
     order = torch.argsort(u[:, 4:8], dim=1)  # a uniform permutation of 0..3 per image; 3 = hue
     apply = u[:, 8] < params.jitter_p
@@ -248,7 +253,8 @@ def _jitter_schedule(u: Tensor, params: AugmentParams) -> tuple[Tensor, Tensor]:
     # t runs entry t - 3 + (position of hue). Slot 3 is the hue itself, the rest are blends.
     padded = F.pad(order, (3, 3), value=3)
     hue_pos = (order == 3).to(torch.uint8).argmax(dim=1, keepdim=True)
-    slots = torch.tensor((0, 1, 2, 4, 5, 6), device=u.device)
+    slots = torch.arange(6, device=u.device)
+    slots += slots >= 3  # 0, 1, 2, 4, 5, 6 (no tensor literal: that would be a host copy)
     op = padded.gather(1, hue_pos + slots)  # B×6, 0/1/2 = brightness/contrast/saturation
     f = F.pad(factors, (0, 1), value=1.0).gather(1, op)  # op 3 -> factor 1, an exact no-op
     coef = torch.stack((f, (1.0 - f) * (op == 2), (1.0 - f) * (op == 1)))  # 3×B×6
@@ -258,22 +264,82 @@ def _jitter_schedule(u: Tensor, params: AugmentParams) -> tuple[Tensor, Tensor]:
 # --- rendering --------------------------------------------------------------------------------
 
 
-def _render(x: Tensor, plan: _Plan, start: int, stop: int) -> Tensor:
-    """Images ``start:stop`` of ``plan`` applied to ``x`` (uint8 ``b×3×H×W``) -> float [0, 1]."""
-    grid = _stack_grid(plan.xs[start:stop], plan.ys[start:stop])
-    # grid_sample's CPU kernel is fastest on NCHW; the uint8 input is the cheapest place to
-    # undo channels_last.
-    img = to_float(x.contiguous())
-    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+def _render(
+    x: Tensor, plan: _Plan, start: int, stop: int, out: Tensor, normalise: bool, ws: _Scratch
+) -> None:
+    """Images ``start:stop`` of ``plan`` applied to ``x`` (uint8 ``b×3×H×W``), into ``out``."""
+    n, _, height, width = x.shape
+    img, grid = ws.carve((n, 3, height, width), (n, height, width, 2))
+    img.copy_(x)  # to_float() into scratch; also undoes channels_last
+    if not x.is_floating_point():
+        img.div_(255.0)
+    _stack_grid(plan.xs[start:stop], plan.ys[start:stop], out=grid)
+    view = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if plan.blend is not None:
         hue = None if plan.hue is None else plan.hue[start:stop]
-        out = _color_jitter(out, plan.blend[:, :, start:stop], hue)
-    if plan.gray is not None:
-        m = plan.gray[start:stop]
-        # x*(1-m) + gray*m: exact for m in {0, 1}, and cheaper than where() on CPU.
-        gray = _grayscale(out).mul_(m)
-        out = out.mul_(1.0 - m).add_(gray)
-    return out
+        view = _color_jitter(view, plan.blend[:, :, start:stop], hue, ws)
+    gray = None if plan.gray is None else plan.gray[start:stop]
+    _grayscale_and_normalise(view, gray, out, normalise, ws)
+
+
+def _grayscale_and_normalise(
+    x: Tensor, gray: Tensor | None, out: Tensor, normalise: bool, ws: _Scratch
+) -> None:
+    """``out <- (x*(1-m) + luma(x)*m - MEAN) / STD``; float ``B×3×H×W``, ``m`` ``B×1×1×1``.
+
+    Blending with a 0/1 mask is exact (equal channels where ``m`` is 1) and cheaper than
+    ``where`` on CPU. ``x`` is overwritten; ``normalise=False`` skips the normalisation.
+    """
+    if gray is not None:
+        (luma,) = ws.carve((x.shape[0], 1, x.shape[2], x.shape[3]))
+        _grayscale(x, out=luma).mul_(gray)
+        torch.addcmul(luma, x, 1.0 - gray, out=x)
+    if not normalise:
+        out.copy_(x)
+        return
+    # Same two operations as normalize(), so the identity view equals preprocess() exactly.
+    torch.sub(x, _channel_const(MEAN, x.device), out=out).div_(_channel_const(STD, x.device))
+
+
+class _Scratch:
+    """Float32 scratch tensors carved from one buffer that is kept and reused.
+
+    Why: on CPU every freshly allocated page costs a fault (about 0.8 ms per MB on the VMs we
+    measured, more than the arithmetic), and the allocator hands big blocks back to the
+    kernel between calls. Reusing one buffer per thread removes that cost from all but the
+    first call. Each :meth:`carve` starts again at the buffer's beginning, so only the
+    tensors of the latest carve are valid. On other devices (whose caching allocators already
+    reuse memory) :meth:`carve` simply allocates.
+    """
+
+    def __init__(self, device: torch.device, reuse: bool) -> None:
+        self.device, self.reuse = device, reuse
+        self.buffer = torch.empty(0, dtype=torch.float32, device=device)
+
+    def carve(self, *shapes: tuple[int, ...]) -> list[Tensor]:
+        """One contiguous float32 tensor per shape, valid until the next call."""
+        if not self.reuse:
+            return [torch.empty(shape, dtype=torch.float32, device=self.device) for shape in shapes]
+        sizes = [math.prod(shape) for shape in shapes]
+        if self.buffer.numel() < sum(sizes):
+            # Never an inference tensor, which could not be written outside inference_mode.
+            with torch.inference_mode(False):
+                self.buffer = torch.empty(sum(sizes), dtype=torch.float32, device=self.device)
+        parts = self.buffer[: sum(sizes)].split(sizes)
+        return [part.view(shape) for part, shape in zip(parts, shapes, strict=True)]
+
+
+_THREAD_SCRATCH = threading.local()
+
+
+def _scratch(device: torch.device) -> _Scratch:
+    """This thread's reusable scratch on CPU (a few MB, kept for the thread's life)."""
+    if device.type != "cpu":
+        return _Scratch(device, reuse=False)
+    ws = getattr(_THREAD_SCRATCH, "cpu", None)
+    if ws is None:
+        ws = _THREAD_SCRATCH.cpu = _Scratch(device, reuse=True)
+    return ws
 
 
 def _grid_from_boxes(boxes: Tensor, flip: Tensor, size: tuple[int, int]) -> Tensor:
@@ -291,12 +357,12 @@ def _grid_from_boxes(boxes: Tensor, flip: Tensor, size: tuple[int, int]) -> Tens
     return _stack_grid(xs, ys)
 
 
-def _stack_grid(xs: Tensor, ys: Tensor) -> Tensor:
+def _stack_grid(xs: Tensor, ys: Tensor, out: Tensor | None = None) -> Tensor:
     """Separable coordinates ``B×W`` and ``B×H`` -> ``grid_sample`` grid ``B×H×W×2``."""
     batch, height, width = xs.shape[0], ys.shape[1], xs.shape[1]
     grid_x = xs.view(batch, 1, width).expand(batch, height, width)
     grid_y = ys.view(batch, height, 1).expand(batch, height, width)
-    return torch.stack((grid_x, grid_y), dim=-1)
+    return torch.stack((grid_x, grid_y), dim=-1, out=out)
 
 
 def _axis_coords(start: Tensor, length: Tensor, n: int, flip: Tensor) -> Tensor:
@@ -315,41 +381,50 @@ def _axis_coords(start: Tensor, length: Tensor, n: int, flip: Tensor) -> Tensor:
 # --- colour ---------------------------------------------------------------------------------
 
 
-def _grayscale(x: Tensor) -> Tensor:
+def _grayscale(x: Tensor, out: Tensor | None = None) -> Tensor:
     """Luma of float ``B×3×H×W`` -> ``B×1×H×W`` (torchvision's weights)."""
     r, g, b = x.unbind(dim=1)
-    return (r * _LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(1)
+    if out is None:
+        out = torch.empty_like(x[:, :1])
+    torch.mul(r, _LUMA[0], out=out[:, 0])
+    return out.squeeze(1).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(1)
 
 
-def _blend_(x: Tensor, factor: Tensor, gray_coef: Tensor, mean_coef: Tensor) -> Tensor:
+def _blend_(x: Tensor, coef: Tensor, ws: _Scratch) -> Tensor:
     """One linear jitter step for all images, in place on float ``B×3×H×W`` in [0, 1].
 
-    ``x <- clamp(f*x + g*gray(x) + m*mean(gray(x)), 0, 1)`` with per-image ``B`` coefficients.
-    torchvision's three linear adjustments are all this shape: brightness ``(f, 0, 0)``,
-    contrast ``(f, 0, 1-f)``, saturation ``(f, 1-f, 0)``, so one kernel sequence serves
-    whichever of them each image has at this step; ``(1, 0, 0)`` leaves an image unchanged,
-    exactly.
+    ``x <- clamp(f*x + g*gray(x) + m*mean(gray(x)), 0, 1)`` with ``coef`` ``3×B`` holding each
+    image's ``(f, g, m)``. torchvision's three linear adjustments all have this shape:
+    brightness ``(f, 0, 0)``, contrast ``(f, 0, 1-f)``, saturation ``(f, 1-f, 0)``, so one
+    kernel sequence serves whichever of them each image has at this step; ``(1, 0, 0)`` leaves
+    an image unchanged, exactly.
     """
-    gray = _grayscale(x)
-    offset = gray.mean(dim=(1, 2, 3), keepdim=True).mul_(mean_coef.view(-1, 1, 1, 1))
-    x.mul_(factor.view(-1, 1, 1, 1)).add_(offset)
-    return x.addcmul_(gray, gray_coef.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+    f, g, m = coef.view(3, -1, 1, 1, 1).unbind(0)
+    (gray,) = ws.carve((x.shape[0], 1, x.shape[2], x.shape[3]))
+    _grayscale(x, out=gray)
+    offset = gray.mean(dim=(1, 2, 3), keepdim=True).mul_(m)
+    # The 1-channel term first, then one pass over x. (addcmul is only fast on CPU when its
+    # first operand is a full plane; with a small broadcast one it is about 8x slower.)
+    gray.mul_(g).add_(offset)
+    return torch.addcmul(gray, x, f, out=x).clamp_(0.0, 1.0)
 
 
 def _adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
     """torchvision ``adjust_brightness`` with a factor per image: ``B×3×H×W``, ``B``."""
     zero = torch.zeros_like(factor)
-    return _blend_(x.clone(), factor, zero, zero)
+    return _blend_(x.clone(), torch.stack((factor, zero, zero)), _Scratch(x.device, False))
 
 
 def _adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
     """torchvision ``adjust_contrast`` with a factor per image: ``B×3×H×W``, ``B``."""
-    return _blend_(x.clone(), factor, torch.zeros_like(factor), 1.0 - factor)
+    coef = torch.stack((factor, torch.zeros_like(factor), 1.0 - factor))
+    return _blend_(x.clone(), coef, _Scratch(x.device, False))
 
 
 def _adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
     """torchvision ``adjust_saturation`` with a factor per image: ``B×3×H×W``, ``B``."""
-    return _blend_(x.clone(), factor, 1.0 - factor, torch.zeros_like(factor))
+    coef = torch.stack((factor, 1.0 - factor, torch.zeros_like(factor)))
+    return _blend_(x.clone(), coef, _Scratch(x.device, False))
 
 
 def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
@@ -361,32 +436,37 @@ def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     ``r = clamp(|h - 3| - 1)``, ``g = clamp(2 - |h - 2|)``, ``b = clamp(2 - |h - 4|)``.
     Equal to torchvision up to float rounding (about 1e-6). Returns a new tensor.
     """
-    return _adjust_hue_(x.clone(), shift)
+    return _adjust_hue_(x.clone(), shift, _Scratch(x.device, False))
 
 
-def _adjust_hue_(x: Tensor, shift: Tensor) -> Tensor:
-    """:func:`_adjust_hue` overwriting ``x`` (saves a fresh B×3×H×W buffer)."""
+def _adjust_hue_(x: Tensor, shift: Tensor, ws: _Scratch) -> Tensor:
+    """:func:`_adjust_hue` overwriting ``x``, temporaries carved from ``ws``."""
     r, g, b = x.unbind(dim=1)
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    minc = torch.minimum(torch.minimum(r, g), b)
-    on_r = torch.eq(maxc, r, out=torch.empty_like(maxc))  # float one-hot of the hue branch
-    on_g = torch.eq(maxc, g, out=torch.empty_like(maxc)).mul_(1.0 - on_r)
-    on_b = (1.0 - on_r).sub_(on_g)
-    hue6 = torch.sub(g, b).mul_(on_r).addcmul_(on_g, b - r).addcmul_(on_b, r - g)
-    chroma = maxc.sub_(minc)  # maxc is not needed any more
+    maxc, minc, not_r, on_g, hue6, tmp = ws.carve(*[r.shape] * 6)
+    torch.maximum(torch.maximum(r, g, out=maxc), b, out=maxc)
+    torch.minimum(torch.minimum(r, g, out=minc), b, out=minc)
+    # Float one-hot of the hue branch (largest channel, r winning ties, then g); comparisons
+    # written straight into float tensors skip the slow bool tensors.
+    on_r = torch.eq(maxc, r, out=tmp)  # lives in tmp until the first line using tmp again
+    torch.ne(maxc, r, out=not_r)
+    torch.eq(maxc, g, out=on_g).mul_(not_r)
+    on_b = not_r.sub_(on_g)
+    torch.sub(g, b, out=hue6).mul_(on_r)  # hue * chroma, branch by branch
+    hue6.addcmul_(on_g, torch.sub(b, r, out=tmp)).addcmul_(on_b, torch.sub(r, g, out=tmp))
+    chroma = maxc.sub_(minc)
     # Grey pixels have a zero numerator; the floor on chroma only avoids 0/0 (below it the hue
     # does not matter: the output is min + chroma * pure).
-    hue6.div_(chroma.clamp_min(1e-12)).add_(on_g, alpha=2.0).add_(on_b, alpha=4.0)
-    hue6.add_(shift.view(-1, 1, 1), alpha=6.0)
-    hue6.sub_(torch.floor(hue6 * (1.0 / 6.0)), alpha=6.0)  # mod 6; pure() is continuous at 0/6
-    # From here on x (r, g, b) is dead, so its storage holds pure() and then the result.
+    hue6.div_(torch.clamp(chroma, min=1e-12, out=tmp)).add_(on_g, alpha=2.0)
+    hue6.add_(on_b, alpha=4.0).add_(shift.view(-1, 1, 1), alpha=6.0)
+    hue6.sub_(torch.mul(hue6, 1.0 / 6.0, out=tmp).floor_(), alpha=6.0)  # mod 6
+    # x (r, g, b) is dead now, so its storage takes pure() and then the result.
     pure = torch.sub(hue6.unsqueeze(1), _channel_const((3.0, 2.0, 4.0), x.device), out=x)
     pure.abs_().mul_(_channel_const((1.0, -1.0, -1.0), x.device))
     pure.add_(_channel_const((-1.0, 2.0, 2.0), x.device)).clamp_(0.0, 1.0)
-    return pure.mul_(chroma.unsqueeze(1)).add_(minc.unsqueeze(1))
+    return torch.addcmul(minc.unsqueeze(1), pure, chroma.unsqueeze(1), out=pure)
 
 
-def _color_jitter(x: Tensor, blend: Tensor, hue: Tensor | None) -> Tensor:
+def _color_jitter(x: Tensor, blend: Tensor, hue: Tensor | None, ws: _Scratch) -> Tensor:
     """ColorJitter with per-image factors and order, in place: float ``B×3×H×W`` in [0, 1].
 
     ``blend`` ``6×3×B`` and ``hue`` ``B`` come from :func:`_jitter_schedule` (``hue=None``:
@@ -403,6 +483,6 @@ def _color_jitter(x: Tensor, blend: Tensor, hue: Tensor | None) -> Tensor:
     """
     for step in range(6):
         if step == 3 and hue is not None:
-            x = _adjust_hue_(x, hue)
-        x = _blend_(x, blend[step, 0], blend[step, 1], blend[step, 2])
+            x = _adjust_hue_(x, hue, ws)
+        x = _blend_(x, blend[step], ws)
     return x

@@ -180,7 +180,7 @@ def run_fit(config: RunConfig, out: Path | None, resume: bool) -> Any:
         fail(str(e))
     except KeyboardInterrupt:
         where = progress.run_dir or out or "<run directory>"
-        fail(f"interrupted; the last checkpoint is intact: imgcluster fit --resume --out {where}", 130)
+        fail(f"interrupted; the last checkpoint is intact: fit --resume --out {where}", 130)
     return None
 
 

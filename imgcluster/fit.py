@@ -27,7 +27,7 @@ from imgcluster.scan import scan_folder
 from imgcluster.schedule import epochs_for_budget, steps_per_epoch, total_steps_for
 from imgcluster.scl import CLUSTERING, SCL
 from imgcluster.train import (
-    CHANNELS_LAST,
+    MEMORY_FORMAT,
     Callback,
     Predictions,
     Progress,
@@ -145,9 +145,7 @@ class Trainer:
         torch.manual_seed(cfg.optim.seed)
         n = len(cache.paths)
         self.model = SCL(cfg.model.backbone, n, cfg.scl, cfg.model.feature_dim, cfg.optim.seed)
-        self.model.to(device)
-        if cfg.model.backbone in CHANNELS_LAST:
-            self.model.to(memory_format=torch.channels_last)
+        self.model.to(device, memory_format=MEMORY_FORMAT)
         self.optimizer = make_optimizer(self.model, cfg)
         self.order_gen = torch.Generator().manual_seed(cfg.optim.seed + 1)
         self.aug_gen = torch.Generator(device=device).manual_seed(cfg.optim.seed + 2)

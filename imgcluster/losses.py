@@ -21,6 +21,17 @@ def memory_logits(q: Tensor, memory: Tensor, num_banks: int, temperature: float)
     return (q @ memory.T).float().view(q.shape[0], num_banks, -1) / temperature
 
 
+def mask_own_keys(mem_logits: Tensor, key_ids: Tensor, idx: Tensor) -> Tensor:
+    """Set to −inf the memory entries that are the batch images' own earlier keys (ours).
+
+    mem_logits: n×C×B; key_ids: C×B image index of each key; idx: n → n×C×B. On a folder not
+    much larger than the memory, an image's previous key is nearly always stored; as a
+    negative it would push q away from itself, and in Eq. 3 it would vote for its old cluster.
+    """
+    own = key_ids[None, :, :] == idx[:, None, None]
+    return mem_logits.masked_fill(own, float("-inf"))
+
+
 def info_nce(positive: Tensor, negatives: Tensor) -> Tensor:
     """Per-sample −log(e^pos / (e^pos + Σ e^neg)) from logits (already divided by τ).
 
@@ -76,11 +87,11 @@ def cluster_discrimination_loss(head_logits: Tensor, target: Tensor) -> Tensor:
     return -(target * log_p).sum(dim=1).mean()
 
 
-def instance_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
+def instance_loss(q: Tensor, k: Tensor, queue_logits: Tensor, temperature: float) -> Tensor:
     """MoCo's InfoNCE (the 'over-clustering' task): every queued key is a negative.
 
-    q, k: n×d; queue: K×d → scalar batch mean.
+    q, k: n×d; queue_logits: n×K, cos(q_i, queue key)/τ (from :func:`memory_logits` with one
+    bank, own keys masked) → scalar batch mean.
     """
     positive = (q * k).sum(dim=1).float() / temperature
-    negatives = (q @ queue.T).float() / temperature
-    return info_nce(positive, negatives).mean()
+    return info_nce(positive, queue_logits).mean()

@@ -5,7 +5,10 @@ keys k of images whose pseudo label is j (SCL.md, "Semantic memory"). MoCo's ins
 same structure with a single bank, so :class:`InstanceQueue` is a one-bank :class:`SemanticMemory`.
 
 Banks live in registered buffers: they follow ``.to(device)`` and are saved in ``state_dict``.
-Like MoCo's queue they start filled with random unit vectors (ours, SCL.md).
+Like MoCo's queue they start filled with random unit vectors (ours, SCL.md). Each slot also
+remembers which image its key came from (``ids``, −1 for the random start), so that an image's
+own stale key can be kept out of its negatives (ours: on a small folder the memory holds a key of
+nearly every image, and one's own past key would be its hardest "negative").
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from torch import Tensor, nn
 class SemanticMemory(nn.Module):
     """C FIFO banks of ``bank_size`` l2-normalised keys each.
 
-    Buffers: ``banks`` C×B×d, ``ptr`` C (next write position per bank).
+    Buffers: ``banks`` C×B×d, ``ids`` C×B (image index of each key, −1 if none), ``ptr`` C
+    (next write position per bank).
     """
 
     def __init__(self, num_banks: int, bank_size: int, dim: int) -> None:
@@ -31,6 +35,7 @@ class SemanticMemory(nn.Module):
             raise ValueError(f"key dimension must be at least 1, got {dim}")
         self.num_banks, self.bank_size, self.dim = num_banks, bank_size, dim
         self.register_buffer("banks", F.normalize(torch.randn(num_banks, bank_size, dim), dim=2))
+        self.register_buffer("ids", torch.full((num_banks, bank_size), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros(num_banks, dtype=torch.long))
 
     @staticmethod
@@ -47,10 +52,11 @@ class SemanticMemory(nn.Module):
         return self.banks.reshape(-1, self.dim)
 
     @torch.no_grad()
-    def enqueue(self, keys: Tensor, labels: Tensor) -> None:
+    def enqueue(self, keys: Tensor, labels: Tensor, ids: Tensor) -> None:
         """Push each key into the bank of its label, dropping the oldest (FIFO).
 
-        keys: n×d (l2-normalised), labels: n (long, in [0, C)). Vectorised, no host sync: a
+        keys: n×d (l2-normalised), labels: n (long, in [0, C)), ids: n image indices.
+        Vectorised, no host sync: a
         key's slot is its bank's pointer plus its rank among the batch's keys of that bank;
         when a batch brings more than B keys for one bank only its last B are written.
         """
@@ -63,6 +69,7 @@ class SemanticMemory(nn.Module):
         keep = rank >= (counts[sorted_labels] - self.bank_size)  # only the newest B per bank
         slot = (self.ptr[sorted_labels] + rank) % self.bank_size
         self.banks[sorted_labels[keep], slot[keep]] = keys[order[keep]]
+        self.ids[sorted_labels[keep], slot[keep]] = ids[order[keep]]
         self.ptr.copy_((self.ptr + counts) % self.bank_size)
 
 
@@ -73,7 +80,7 @@ class InstanceQueue(SemanticMemory):
         super().__init__(1, size, dim)
 
     @torch.no_grad()
-    def enqueue(self, keys: Tensor, labels: Tensor | None = None) -> None:  # noqa: ARG002
-        """Push n×d keys, dropping the oldest."""
+    def enqueue(self, keys: Tensor, ids: Tensor) -> None:  # type: ignore[override]
+        """Push n×d keys of images ``ids``, dropping the oldest."""
         zeros = torch.zeros(keys.shape[0], dtype=torch.long, device=keys.device)
-        super().enqueue(keys, zeros)
+        super().enqueue(keys, zeros, ids)

@@ -22,6 +22,7 @@ from imgcluster.losses import (
     cluster_discrimination_loss,
     cross_cluster_id_loss,
     instance_loss,
+    mask_own_keys,
     memory_logits,
     memory_soft_assignment,
     weighted_loss,
@@ -66,16 +67,17 @@ class ClusteringTask(nn.Module):
         """
         y = self.labels[idx]  # n
         logits = memory_logits(q, self.memory.flat(), self.num_clusters, cfg.temperature)  # n×C×B
+        logits = mask_own_keys(logits, self.memory.ids, idx)
         per_sample = cross_cluster_id_loss(q, k, logits, y, cfg.temperature, cfg.cross_cluster)
         weights = hard_sample_weights(self.flips[idx]) if cfg.hard_mining else None
         target = memory_soft_assignment(logits)  # n×C, no gradient
         l_cd = cluster_discrimination_loss(self.head(q.detach()), target)  # grad to W, B only
         return weighted_loss(per_sample, weights), l_cd
 
-    def soft_assignment(self, q: Tensor, temperature: float) -> Tensor:
-        """Eq. 3 for inference: p̃ of q (n×d) over this task's banks → n×C."""
+    def soft_assignment(self, q: Tensor, idx: Tensor, temperature: float) -> Tensor:
+        """Eq. 3 for the label update: p̃ of images idx (q: n×d) over this task's banks → n×C."""
         logits = memory_logits(q, self.memory.flat(), self.num_clusters, temperature)
-        return memory_soft_assignment(logits)
+        return memory_soft_assignment(mask_own_keys(logits, self.memory.ids, idx))
 
 
 class SCL(nn.Module):
@@ -106,7 +108,9 @@ class SCL(nn.Module):
         for task in self.tasks.values():
             task_id, task_cd = task.losses(q, k, idx, self.cfg)
             l_id, l_cd = l_id + task_id, l_cd + task_cd
-        l_inst = instance_loss(q, k, self.queue.flat(), self.cfg.temperature)
+        queue_logits = memory_logits(q, self.queue.flat(), 1, self.cfg.temperature)  # n×1×K
+        queue_logits = mask_own_keys(queue_logits, self.queue.ids, idx).flatten(1)
+        l_inst = instance_loss(q, k, queue_logits, self.cfg.temperature)
         total = self.cfg.alpha * l_id + self.cfg.beta * l_cd + l_inst
         return LossTerms(total=total, id=l_id, cd=l_cd, instance=l_inst)
 
@@ -114,8 +118,8 @@ class SCL(nn.Module):
     def enqueue(self, k: Tensor, idx: Tensor) -> None:
         """After the backward pass: k_i into M_{y_i} of every task, and into MoCo's queue."""
         for task in self.tasks.values():
-            task.memory.enqueue(k, task.labels[idx])
-        self.queue.enqueue(k)
+            task.memory.enqueue(k, task.labels[idx], idx)
+        self.queue.enqueue(k, idx)
 
     def task(self, name: str) -> ClusteringTask:
         return self.tasks[name]  # type: ignore[return-value]

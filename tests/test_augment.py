@@ -64,6 +64,46 @@ def test_channels_last_and_non_square_input() -> None:
     assert augment(wide, _gen(0)).shape == wide.shape
 
 
+def test_inference_mode_then_training_mode() -> None:
+    """Buffers first made under inference_mode must not break later grad-mode calls."""
+    import threading
+
+    A._channel_const.cache_clear()
+    errors: list[BaseException] = []
+
+    def run() -> None:  # a fresh thread gets a fresh scratch buffer
+        try:
+            x = _images(4)
+            with torch.inference_mode():
+                augment(x, _gen(0))
+                preprocess(x)
+            augment(x, _gen(0))
+            f = to_float(x).requires_grad_()
+            normalize(f).sum().backward()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert not errors, errors
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_semantics_without_host_sync() -> None:
+    x = _images(16, 32).cuda()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    augment(x, gen)  # warm-up: creates the per-device constants
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = augment(x.to(memory_format=torch.channels_last), gen)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.device == x.device and out.shape == x.shape and out.dtype == torch.float32
+    same = augment(x, torch.Generator(device="cuda").manual_seed(1), IDENTITY)
+    torch.testing.assert_close(same.cpu(), preprocess(x.cpu()), rtol=0, atol=1e-5)
+
+
 def test_rejects_non_rgb() -> None:
     with pytest.raises(ValueError, match="B×3×H×W"):
         augment(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
@@ -230,7 +270,7 @@ def test_jitter_order_and_factors_match_torchvision() -> None:
     p = AugmentParams()
     blend, hue = A._jitter_schedule(u, p)
     x = _colour_images(n, 8)
-    got = A._color_jitter(x.clone(), blend, hue)
+    got = A._color_jitter(x.clone(), blend, hue, A._Scratch(x.device, reuse=False))
     lo = 1 - torch.tensor([p.brightness, p.contrast, p.saturation])
     factors = lo + u[:, :3] * 2 * (1 - lo)
     order = torch.argsort(u[:, 4:8], dim=1)
@@ -250,7 +290,12 @@ def test_jitter_probability_zero_leaves_colours() -> None:
     blend, hue = A._jitter_schedule(u, AugmentParams())
     x = _colour_images(16, 8)
     assert torch.equal(hue, torch.zeros(16))
-    torch.testing.assert_close(A._color_jitter(x.clone(), blend, hue), x, rtol=0, atol=2e-6)
+    torch.testing.assert_close(
+        A._color_jitter(x.clone(), blend, hue, A._Scratch(x.device, reuse=False)),
+        x,
+        rtol=0,
+        atol=2e-6,
+    )
 
 
 def test_grayscale_p1_gives_equal_channels() -> None:

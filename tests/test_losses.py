@@ -11,6 +11,7 @@ from imgcluster.losses import (
     cluster_discrimination_loss,
     cross_cluster_id_loss,
     instance_loss,
+    mask_own_keys,
     memory_logits,
     memory_soft_assignment,
     weighted_loss,
@@ -115,7 +116,18 @@ def test_instance_loss_is_moco_infonce():
     q, k, queue = _unit(5, 8).float(), _unit(5, 8).float(), _unit(20, 8).float()
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], 1) / TAU
     want = F.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
-    torch.testing.assert_close(instance_loss(q, k, queue, TAU), want)
+    queue_logits = memory_logits(q, queue, 1, TAU).flatten(1)
+    torch.testing.assert_close(instance_loss(q, k, queue_logits, TAU), want)
+
+
+def test_own_keys_are_masked_and_only_them():
+    logits = torch.zeros(3, 2, 4)
+    key_ids = torch.tensor([[5, 1, -1, 7], [2, 5, 9, 0]])
+    masked = mask_own_keys(logits, key_ids, torch.tensor([5, 0, 3]))
+    assert torch.isinf(masked[0]).sum() == 2 and torch.isinf(masked[0, 0, 0])
+    assert torch.isinf(masked[0, 1, 1])
+    assert torch.isinf(masked[1]).sum() == 1 and torch.isinf(masked[1, 1, 3])
+    assert not torch.isinf(masked[2]).any()
 
 
 def test_weighted_loss_uniform_weights_equal_mean():
