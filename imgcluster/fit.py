@@ -31,6 +31,7 @@ from imgcluster.train import (
     Callback,
     Predictions,
     Progress,
+    confidence_ranked,
     make_optimizer,
     predict,
     run_epoch,
@@ -237,8 +238,7 @@ def final_assignments(trainer: Trainer) -> tuple[np.ndarray, np.ndarray]:
         logits = preds.features @ centroids.T / cfg.scl.temperature
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    clusters = probs.argmax(axis=1).astype(np.int64)
-    return clusters, probs[np.arange(len(probs)), clusters]
+    return confidence_ranked(probs)
 
 
 def _noop(_: Progress) -> None:
@@ -341,16 +341,23 @@ def _train(
     callback: Callback,
     budgeted: bool,
 ) -> None:
-    """The epoch loop: epoch → history line → checkpoint, with the time budget after epoch 1."""
-    budget = trainer.cfg.optim.time_budget_minutes
+    """The epoch loop: epoch → history line → checkpoint.
+
+    With a time budget the epoch count is set after the first epoch and re-planned after each
+    later one from the median epoch time so far, so that one slow epoch (a cold start, a busy
+    machine) neither cuts the run short nor lets it overrun.
+    """
+    budget = trainer.cfg.optim.time_budget_minutes if budgeted else None
+    seconds: list[float] = []
     while trainer.epoch < trainer.epochs_total:
         record = trainer.epoch_once(callback)
-        if budgeted and budget is not None and trainer.epoch == 1:
+        seconds.append(record["seconds"])
+        if budget is not None:
             trainer.epochs_total = epochs_for_budget(
                 budget * 60.0,
                 time.perf_counter() - start,
-                record["seconds"],
-                1,
+                float(np.median(seconds)),
+                trainer.epoch,
                 trainer.cfg.optim.epochs,
             )
         record.update(epochs_total=trainer.epochs_total, device=str(trainer.device))

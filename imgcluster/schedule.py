@@ -1,7 +1,9 @@
 """Schedules as pure functions of the step: the cosine learning rate and the time budget.
 
 ``--time-budget`` measures the first epoch, then sets the number of epochs so that the whole run,
-with its cosine schedule carried to the end, finishes within the budget.
+with its cosine schedule carried to the end, finishes within the budget; the trainer re-plans
+after every epoch with the median epoch time so far. The learning rate is a pure function of
+(step, total steps), so a re-planned total bends the rest of the curve and still ends at zero.
 """
 
 from __future__ import annotations

@@ -1,0 +1,105 @@
+"""The library's fit on real images: reproducibility, time budget, ablations, baseline, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgcluster.config import RunConfig
+from imgcluster.fit import fit
+from imgcluster.rundir import CHECKPOINT, HISTORY, RunError, read_assignments
+
+PER_CLASS = 10
+
+
+@pytest.fixture(scope="module")
+def tiny(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 real CIFAR-10 images of each class."""
+    dst = tmp_path_factory.mktemp("tiny")
+    for class_dir in sorted((data_root / "cifar10-test").iterdir()):
+        if class_dir.is_dir():
+            (dst / class_dir.name).mkdir()
+            for f in sorted(class_dir.iterdir())[:PER_CLASS]:
+                shutil.copy(f, dst / class_dir.name / f.name)
+    return dst
+
+
+def config(source: Path, **optim) -> RunConfig:
+    return RunConfig().replace(
+        data={"source": str(source), "workers": 1},
+        model={"backbone": "small"},
+        scl={"k": 4},
+        optim={"epochs": 2, "batch_size": 25, "device": "cpu", **optim},
+    )
+
+
+def test_same_seed_same_clusters(tiny: Path, tmp_path: Path):
+    a = fit(config(tiny, seed=3), tmp_path / "a")
+    b = fit(config(tiny, seed=3), tmp_path / "b")
+    assert a.paths == b.paths
+    assert np.array_equal(a.clusters, b.clusters)
+    assert np.allclose(a.confidence, b.confidence)
+    assert read_assignments(tmp_path / "a" / "assignments.csv")[0] == a.paths
+
+
+def test_time_budget_sets_the_epoch_count(tiny: Path, tmp_path: Path):
+    result = fit(config(tiny, epochs=500, time_budget_minutes=0.2), tmp_path / "r")
+    history = [json.loads(x) for x in (tmp_path / "r" / HISTORY).read_text().splitlines()]
+    assert 1 <= result.epochs < 500
+    assert history[-1]["epochs_total"] == result.epochs == len(history)
+
+
+@pytest.mark.parametrize(
+    "switch", [{"cross_cluster": False}, {"online_cd": False}, {"hard_mining": False}]
+)
+def test_ablation_switches_train(tiny: Path, tmp_path: Path, switch: dict):
+    cfg = config(tiny).replace(scl=switch)
+    result = fit(cfg, tmp_path / "r")
+    assert len(result.clusters) == 10 * PER_CLASS
+
+
+def test_moco_kmeans_baseline_uses_every_cluster(tiny: Path, tmp_path: Path):
+    cfg = config(tiny).replace(scl={"method": "moco-kmeans"})
+    result = fit(cfg, tmp_path / "r")
+    assert set(result.clusters.tolist()) == set(range(4))
+    assert ((result.confidence > 0) & (result.confidence <= 1)).all()
+
+
+def test_resume_without_checkpoint_starts_over(tiny: Path, tmp_path: Path):
+    run = tmp_path / "r"
+    fit(config(tiny, epochs=1), run)
+    (run / CHECKPOINT).unlink()  # as if killed before the first checkpoint
+    messages = []
+    result = fit(config(tiny, epochs=1), run, resume=True, callback=messages.append)
+    assert result.epochs == 1
+    assert any(m.stage == "message" and "starting" in m.info["text"] for m in messages)
+
+
+def test_resume_refuses_a_changed_folder(tiny: Path, tmp_path: Path):
+    source = tmp_path / "src"
+    shutil.copytree(tiny, source)
+    fit(config(source, epochs=1), tmp_path / "r")
+    shutil.copy(source / "cat" / "0000.jpg", source / "cat" / "extra.jpg")
+    with pytest.raises(RunError, match="changed"):
+        fit(config(source, epochs=2), tmp_path / "r", resume=True)
+
+
+def test_malicious_checkpoint_is_refused_and_never_runs(tiny: Path, tmp_path: Path):
+    run = tmp_path / "r"
+    fit(config(tiny, epochs=1), run)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    import pickle
+
+    (run / CHECKPOINT).write_bytes(pickle.dumps({"epoch": Payload()}))
+    with pytest.raises(RunError, match="refusing"):
+        fit(config(tiny, epochs=2), run, resume=True)
+    assert not marker.exists()
