@@ -49,10 +49,11 @@ _CROP_TRIES = 10  # torchvision's RandomResizedCrop attempts before its centre-c
 # jitter (3 factors, hue, 4 sort keys for the order, apply), grayscale.
 _U_CROP, _U_FLIP, _U_JITTER, _U_GRAY, _U_COLS = 0, 4 * _CROP_TRIES, 41, 50, 51
 
-# On CPU the batch is rendered in chunks of about this many values per B×3×H×W tensor, so the
-# ~60 element-wise passes work on cache-resident data and reuse small heap blocks. Measured on
-# 2 cores at 32 and 96 px (benchmarks/augment_speed.py).
-_CPU_CHUNK_ELEMS = 1 << 18
+# On CPU the batch is rendered in chunks of about this many values per B×3×H×W tensor (4 MB),
+# so the ~50 element-wise passes stay in cache and the scratch buffer stays small. Measured on
+# 2 cores at 32 and 96 px: 2**20 was best with 2 threads (smaller chunks lose more to
+# per-op thread start-up than they gain in cache), 2**18 only slightly better with 1 thread.
+_CPU_CHUNK_ELEMS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,9 @@ def augment(
 
     Every image gets its own crop, flip, jitter and grayscale draw. All random numbers come from
     ``generator`` (which must live on ``x.device``; ``None`` uses torch's default generator), so
-    a seeded run is reproducible. The output has the input's spatial size and is contiguous.
+    a seeded run is reproducible. The output has the input's spatial size and memory format
+    (channels_last in, channels_last out; otherwise contiguous), so a channels_last model needs
+    no extra conversion pass.
     """
     return _views(x, generator, params, normalise=True)
 
@@ -130,7 +133,9 @@ def _views(
     chunk = batch
     if x.device.type == "cpu":  # on a GPU one launch per op for the whole batch is best
         chunk = max(1, _CPU_CHUNK_ELEMS // (channels * height * width))
-    out = torch.empty((batch, channels, height, width), dtype=torch.float32, device=x.device)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=fmt)
     ws = _scratch(x.device)
     for start in range(0, batch, chunk):
         stop = min(start + chunk, batch)
@@ -294,11 +299,14 @@ def _grayscale_and_normalise(
         (luma,) = ws.carve((x.shape[0], 1, x.shape[2], x.shape[3]))
         _grayscale(x, out=luma).mul_(gray)
         torch.addcmul(luma, x, 1.0 - gray, out=x)
-    if not normalise:
-        out.copy_(x)
+    mean, std = _channel_const(MEAN, x.device), _channel_const(STD, x.device)
+    # The same two operations as normalize(), so the identity view equals preprocess() exactly.
+    if normalise and out.is_contiguous():
+        torch.sub(x, mean, out=out).div_(std)
         return
-    # Same two operations as normalize(), so the identity view equals preprocess() exactly.
-    torch.sub(x, _channel_const(MEAN, x.device), out=out).div_(_channel_const(STD, x.device))
+    if normalise:  # a strided output makes sub() ~10x slower: normalise in place, then copy
+        x.sub_(mean).div_(std)
+    out.copy_(x)
 
 
 class _Scratch:

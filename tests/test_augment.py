@@ -59,7 +59,11 @@ def test_to_float_normalize_preprocess() -> None:
 def test_channels_last_and_non_square_input() -> None:
     x = _images(4, 32)
     ref = augment(x, _gen(3))
-    torch.testing.assert_close(augment(x.to(memory_format=torch.channels_last), _gen(3)), ref)
+    for fn in (augment, A._augment01):
+        out = fn(x.to(memory_format=torch.channels_last), _gen(3))
+        assert out.is_contiguous(memory_format=torch.channels_last)  # follows the input
+        torch.testing.assert_close(out, fn(x, _gen(3)), rtol=0, atol=0)
+    assert ref.is_contiguous()
     wide = torch.randint(0, 256, (3, 3, 24, 40), dtype=torch.uint8)
     assert augment(wide, _gen(0)).shape == wide.shape
 
