@@ -5,7 +5,8 @@ e.g. the CIFAR-10 test split), scores assignments.csv against the labels, and me
 the raw pixels of the same decoded images in the same run. Prints one JSON line per method and,
 with --markdown, a table for docs/benchmarks.md.
 
-    python benchmarks/fit_quality.py DATA/cifar10-test --k 10 --minutes 30 --backbones small
+    python benchmarks/fit_quality.py DATA/cifar10-test --k 10 --minutes 30 --backbones small \
+        --fit-args "--momentum 0.99" --markdown
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import csv
 import json
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -46,11 +48,13 @@ def pixel_kmeans(folder: Path, k: int, size: int, labels: dict[str, str]) -> dic
     return {"method": "k-means on pixels", **s.to_dict(), "seconds": round(seconds, 1)}
 
 
-def fit_once(folder: Path, k: int, minutes: float, backbone: str, extra: list[str]) -> dict:
+def fit_once(
+    folder: Path, k: int, minutes: float, backbone: str, extra: list[str], keep: Path | None
+) -> dict:
     """One CLI fit with a time budget; ACC/NMI/ARI of its assignments.csv."""
     labels = read_labels(folder)
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
+        out = (keep or Path(tmp)) / f"run-{backbone}"
         cmd = [sys.executable, "-m", "imgcluster", "fit", str(folder), "--k", str(k), "--out",
                str(out), "--time-budget", str(minutes), "--backbone", backbone, *extra]  # fmt: skip
         start = time.perf_counter()
@@ -69,6 +73,10 @@ def fit_once(folder: Path, k: int, minutes: float, backbone: str, extra: list[st
         "images_per_s": round(float(np.median([h["images_per_s"] for h in history])), 1),
         "minutes": round(wall / 60, 1),
         "budget_minutes": minutes,
+        "settings": " ".join(extra),
+        "label_update_share": round(
+            float(np.median([h["label_update_seconds"] / h["seconds"] for h in history])), 3
+        ),
     }
 
 
@@ -95,13 +103,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--backbones", default="small", help="comma-separated")
     parser.add_argument("--markdown", action="store_true")
-    parser.add_argument("extra", nargs="*", help="more fit options, after --")
+    parser.add_argument("--keep", type=Path, help="keep the run directories in this folder")
+    parser.add_argument("--fit-args", default="", help='more fit options: "--momentum 0.99"')
     args = parser.parse_args()
     labels = read_labels(args.folder)
     rows = [pixel_kmeans(args.folder, args.k, args.size, labels)]
     print(json.dumps(rows[-1]), flush=True)
     for backbone in args.backbones.split(","):
-        rows.append(fit_once(args.folder, args.k, args.minutes, backbone, args.extra))
+        extra = shlex.split(args.fit_args)
+        rows.append(fit_once(args.folder, args.k, args.minutes, backbone, extra, args.keep))
         print(json.dumps(rows[-1]), flush=True)
     if args.markdown:
         print(markdown(rows, args.folder))
