@@ -169,7 +169,7 @@ def fit(
 
 def run_fit(config: RunConfig, out: Path | None, resume: bool) -> Any:
     """Call the library's fit with a rich progress display; user errors become one line."""
-    from imgcluster.fit import fit as fit_run
+    from imgcluster.pipeline import fit as fit_run
     from imgcluster.rundir import RunError
 
     progress = FitProgress(console)

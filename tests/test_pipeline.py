@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from imgcluster.config import RunConfig
-from imgcluster.fit import fit
+from imgcluster.pipeline import fit
 from imgcluster.rundir import CHECKPOINT, HISTORY, RunError, read_assignments
 
 PER_CLASS = 10

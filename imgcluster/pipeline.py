@@ -1,4 +1,4 @@
-"""``fit``: from a folder of images to a trained run directory.
+"""``fit``, the pipeline: from a folder of images to a trained run directory.
 
 Scan → decode once into the cache → build (or resume) the SCL model → epochs of
 :func:`imgcluster.train.run_epoch`, each closed by a label update, a history line and an atomic
