@@ -24,7 +24,8 @@ puts in front of the model) and :func:`augment`.
 Speed notes (CPU): ``where``, ``remainder``, ``aminmax`` over channels and bool tensors are
 several times slower than plain float arithmetic, and every freshly allocated page costs a
 fault (about 0.8 ms per MB on the VMs we measured), so the kernels below use float masks and
-in-place updates, and a large batch is rendered in cache-sized chunks.
+in-place updates into a per-thread scratch buffer that is reused across calls, and a large
+batch is rendered in cache-sized chunks.
 """
 
 from __future__ import annotations

@@ -67,8 +67,9 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     idx = idx.to(images.device, non_blocking=True)
-    x1 = augment(images, gen).contiguous(memory_format=MEMORY_FORMAT)  # T1(I)
-    x2 = augment(images, gen).contiguous(memory_format=MEMORY_FORMAT)  # T2(I)
+    images = images.contiguous(memory_format=MEMORY_FORMAT)  # augment keeps the layout
+    x1 = augment(images, gen)  # T1(I)
+    x2 = augment(images, gen)  # T2(I)
     with autocast(images.device):
         q = model.encoder(x1)  # n×d
         with torch.no_grad():
