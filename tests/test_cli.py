@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_cifar_subset
 
 from imgcluster.metrics import score
 
@@ -34,13 +35,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def cifar_subset(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 real images of each CIFAR-10 class; names repeat across class folders."""
-    dst = tmp_path_factory.mktemp("cifar")
-    for class_dir in sorted((data_root / "cifar10-test").iterdir()):
-        if class_dir.is_dir():
-            (dst / class_dir.name).mkdir()
-            for f in sorted(class_dir.iterdir())[:PER_CLASS]:
-                shutil.copy(f, dst / class_dir.name / f.name)
-    return dst
+    return copy_cifar_subset(data_root, tmp_path_factory.mktemp("cifar"), PER_CLASS)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_cifar_subset
 
 from imgcluster.config import RunConfig
 from imgcluster.pipeline import fit
@@ -19,13 +20,7 @@ PER_CLASS = 10
 @pytest.fixture(scope="module")
 def tiny(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """10 real CIFAR-10 images of each class."""
-    dst = tmp_path_factory.mktemp("tiny")
-    for class_dir in sorted((data_root / "cifar10-test").iterdir()):
-        if class_dir.is_dir():
-            (dst / class_dir.name).mkdir()
-            for f in sorted(class_dir.iterdir())[:PER_CLASS]:
-                shutil.copy(f, dst / class_dir.name / f.name)
-    return dst
+    return copy_cifar_subset(data_root, tmp_path_factory.mktemp("tiny"), PER_CLASS)
 
 
 def config(source: Path, **optim) -> RunConfig:
