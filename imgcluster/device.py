@@ -45,7 +45,8 @@ class DeviceImages:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             if images.nbytes < GPU_CACHE_SHARE * free:
-                self.resident = torch.from_numpy(np.asarray(images)).to(device)
+                # np.array: one host copy of the read-only memmap, which torch cannot wrap
+                self.resident = torch.from_numpy(np.array(images)).to(device)
 
     def __len__(self) -> int:
         return self.images.shape[0]
