@@ -52,7 +52,7 @@ class Predictions:
 
     features: np.ndarray  # N×d, l2-normalised
     probs: dict[str, np.ndarray]  # task → N×C, the classifier's softmax (Eq. 4's p)
-    memory_probs: dict[str, np.ndarray]  # task → N×C, the memory's p̃ (Eq. 3)
+    memory_probs: dict[str, np.ndarray]  # task → N×C, the memory's p̃ (Eq. 3); ablation only
 
 
 def train_step(
@@ -85,7 +85,11 @@ def train_step(
 
 @torch.no_grad()
 def predict(model: SCL, images: DeviceImages, temperature: float) -> Predictions:
-    """Encoder (eval mode) and every head on a non-augmented view of all N images."""
+    """Encoder (eval mode) and every head on a non-augmented view of all N images.
+
+    The memory's p̃ over all N is computed only for the "without online CD" ablation, the one
+    label update that reads it.
+    """
     was_training = model.training
     model.eval()
     feats, probs = [], {name: [] for name in model.tasks}
@@ -97,11 +101,12 @@ def predict(model: SCL, images: DeviceImages, temperature: float) -> Predictions
         feats.append(q.cpu())
         for name, task in model.tasks.items():
             probs[name].append(torch.softmax(task.head(q).float(), dim=1).cpu())
-            idx_dev = idx.to(q.device)
-            mem_probs[name].append(task.soft_assignment(q, idx_dev, temperature).cpu())
+            if not model.cfg.online_cd:
+                p_mem = task.soft_assignment(q, idx.to(q.device), temperature)
+                mem_probs[name].append(p_mem.cpu())
     model.train(was_training)
     cat = {name: torch.cat(v).numpy() for name, v in probs.items()}
-    mem = {name: torch.cat(v).numpy() for name, v in mem_probs.items()}
+    mem = {name: torch.cat(v).numpy() for name, v in mem_probs.items() if v}
     return Predictions(torch.cat(feats).numpy(), cat, mem)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import copy_cifar_subset
 
+from imgcluster import rundir
 from imgcluster.metrics import score
 
 PER_CLASS = 40
@@ -49,8 +49,8 @@ def trained(cifar_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def read_assignments(path: Path) -> dict[str, int]:
-    with open(path, newline="") as f:
-        return {r["path"]: int(r["cluster"]) for r in csv.DictReader(f)}
+    paths, clusters, _ = rundir.read_assignments(path)
+    return dict(zip(paths, clusters.tolist()))
 
 
 def test_fit_writes_the_run_directory(trained: Path):
