@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from imgcluster.kmeans import kmeans
@@ -89,6 +90,25 @@ def update_labels(
     features: N×d → labels N int64.
     """
     return merge_and_split(probs.argmax(axis=1).astype(np.int64), probs, features, min_size, seed)
+
+
+def align_ids(new: np.ndarray, old: np.ndarray, num_clusters: int) -> np.ndarray:
+    """Rename the new clusters so that each keeps the id of the old cluster it overlaps most (ours).
+
+    Cluster ids are arbitrary: the classifier's argmax may permute them and merge-and-split hands
+    freed ids to fresh halves. Renaming by the one-to-one matching of largest overlap (Hungarian,
+    scipy's linear_sum_assignment on the C×C contingency table) changes no partition, keeps each
+    bank of the semantic memory and each head's target on the same group of images, and makes
+    Eq. 6 count images that changed group rather than groups that changed name.
+
+    new, old: N labels in [0, C) → N labels, the same partition as ``new``.
+    """
+    overlap = np.zeros((num_clusters, num_clusters), dtype=np.int64)
+    np.add.at(overlap, (new, old), 1)
+    rows, cols = linear_sum_assignment(overlap, maximize=True)
+    rename = np.empty(num_clusters, dtype=np.int64)
+    rename[rows] = cols
+    return rename[new]
 
 
 def update_flip_counts(flips: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ Scope
     SCL uses ResNet-34 (as PICA) for every benchmark.
   - ``small``: a four-conv network (~0.5 M parameters) for fast runs on a CPU (ours).
 
-* :class:`Encoder` is backbone + MoCo v2 MLP projection head + l2 normalisation.
+* :class:`Encoder` is backbone + MoCo v2 MLP projection head (batch-normalised hidden layer,
+  ours) + l2 normalisation.
 * :class:`ClusterHead` is the linear classifier whose softmax gives cluster probabilities.
 * :func:`make_momentum_copy` / :func:`momentum_update` maintain MoCo's key encoder.
 
@@ -136,17 +137,21 @@ class Encoder(nn.Module):
     ``features``: ``B x 3 x S x S`` -> ``B x D`` pooled backbone features (before the head).
     """
 
-    def __init__(self, backbone: str, feature_dim: int = 128) -> None:
+    def __init__(self, backbone: str, feature_dim: int = 128, projector_bn: bool = True) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.backbone = build_backbone(backbone)
         dim = FEATURE_DIMS[backbone]
         self.backbone_dim = dim
         self.feature_dim = feature_dim
-        # MoCo v2's 2-layer MLP head: D -> D -> ReLU -> feature_dim.
-        self.projector = nn.Sequential(
-            nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, feature_dim)
-        )
+        # MoCo v2's 2-layer MLP head: D -> D -> ReLU -> feature_dim, with batch normalisation
+        # after the hidden layer unless projector_bn is False (ours; SimCLR and MoCo v3 have it).
+        # Measured on the digits, 8 epochs of instance discrimination at m = 0.99: k-means ACC
+        # on the features 0.41 without it, 0.58 with it.
+        hidden: list[nn.Module] = [nn.Linear(dim, dim)]
+        if projector_bn:
+            hidden.append(nn.BatchNorm1d(dim))
+        self.projector = nn.Sequential(*hidden, nn.ReLU(inplace=True), nn.Linear(dim, feature_dim))
 
     def features(self, x: Tensor) -> Tensor:
         """Pooled backbone features, ``B x 3 x S x S`` -> ``B x D``."""

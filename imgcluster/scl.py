@@ -88,12 +88,18 @@ class SCL(nn.Module):
     """
 
     def __init__(
-        self, backbone: str, num_images: int, cfg: SCLConfig, feature_dim: int = 128, seed: int = 0
+        self,
+        backbone: str,
+        num_images: int,
+        cfg: SCLConfig,
+        feature_dim: int = 128,
+        seed: int = 0,
+        projector_bn: bool = True,
     ) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.cfg = cfg
-        self.encoder = Encoder(backbone, feature_dim)
+        self.encoder = Encoder(backbone, feature_dim, projector_bn)
         self.momentum_encoder = make_momentum_copy(self.encoder)
         self.tasks = nn.ModuleDict()
         if cfg.method == "scl":

@@ -22,7 +22,7 @@ from torch import Tensor
 from imgcluster.augment import augment, preprocess
 from imgcluster.config import RunConfig
 from imgcluster.device import DeviceImages, autocast
-from imgcluster.labels import min_cluster_size, update_flip_counts, update_labels
+from imgcluster.labels import align_ids, min_cluster_size, update_flip_counts, update_labels
 from imgcluster.model import momentum_update
 from imgcluster.schedule import cosine_lr
 from imgcluster.scl import SCL, LossTerms
@@ -65,7 +65,7 @@ def train_step(
 ) -> LossTerms:
     """One SCL step on a batch of uint8 images (n×3×S×S on the device) with dataset ids idx."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     idx = idx.to(images.device, non_blocking=True)
     images = images.contiguous(memory_format=MEMORY_FORMAT)  # augment keeps the layout
     x1 = augment(images, gen)  # T1(I)
@@ -117,7 +117,7 @@ def update_task_labels(model: SCL, preds: Predictions, min_size: int, seed: int)
         source = preds.probs[name] if model.cfg.online_cd else preds.memory_probs[name]
         size = min_cluster_size(min_size, len(preds.features), task.num_clusters)
         old = task.labels.cpu().numpy().copy()  # .numpy() of a CPU buffer shares its memory
-        new = update_labels(source, preds.features, size, seed)
+        new = align_ids(update_labels(source, preds.features, size, seed), old, task.num_clusters)
         flips = update_flip_counts(task.flips.cpu().numpy().copy(), old, new)
         task.labels.copy_(torch.from_numpy(new))
         task.flips.copy_(torch.from_numpy(flips))
@@ -178,10 +178,20 @@ def run_epoch(
 
 
 def make_optimizer(model: SCL, cfg: RunConfig) -> torch.optim.SGD:
-    """SGD, momentum 0.9, weight decay 5e-4 over the trainable parameters (not θ̃)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD, momentum 0.9, weight decay 5e-4 over the trainable parameters (not θ̃).
+
+    Two groups: the encoder at the scheduled lr, the cluster heads at ``head_lr_scale`` times
+    it (the group's ``lr_scale``, applied by :func:`train_step`).
+    """
+    heads = [p for task in model.tasks.values() for p in task.head.parameters()]
+    head_ids = {id(p) for p in heads}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups: list[dict[str, Any]] = [{"params": rest, "lr_scale": 1.0}]
+    if heads:
+        scale = cfg.optim.head_lr_scale
+        groups.append({"params": heads, "lr_scale": scale, "lr": cfg.optim.lr * scale})
     return torch.optim.SGD(
-        params,
+        groups,
         lr=cfg.optim.lr,
         momentum=cfg.optim.sgd_momentum,
         weight_decay=cfg.optim.weight_decay,

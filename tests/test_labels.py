@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
 from imgcluster.labels import (
+    align_ids,
     hard_sample_weights,
     merge_and_split,
     merge_small_clusters,
@@ -73,3 +76,32 @@ def test_flip_counts_and_weights():
     w = hard_sample_weights(torch.tensor(flips))
     torch.testing.assert_close(w, torch.tensor([1, 2, 1, 2, 1]) / 7.0)
     torch.testing.assert_close(hard_sample_weights(torch.ones(4)), torch.full((4,), 0.25))
+
+
+def test_align_ids_undoes_a_renaming():
+    rng = np.random.default_rng(0)
+    old = rng.integers(0, 6, size=300)
+    perm = rng.permutation(6)
+    assert np.array_equal(align_ids(perm[old], old, 6), old)
+
+
+def test_align_ids_keeps_the_partition_and_maximises_overlap():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        old = rng.integers(0, 4, size=60)
+        new = rng.integers(0, 4, size=60)
+        aligned = align_ids(new, old, 4)
+        # Same partition: a bijection maps new ids to aligned ids.
+        pairs = set(zip(new.tolist(), aligned.tolist()))
+        assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+        # Largest agreement over all 4! renamings (naive reference).
+        best = max(int((np.array(p)[new] == old).sum()) for p in itertools.permutations(range(4)))
+        assert int((aligned == old).sum()) == best
+
+
+def test_align_ids_handles_missing_clusters():
+    old = np.array([0, 0, 1, 1, 2, 2])
+    new = np.array([3, 3, 3, 3, 0, 0])  # clusters 1 and 2 unused in new
+    aligned = align_ids(new, old, 4)
+    assert aligned[4] == aligned[5] == 2
+    assert aligned[0] == aligned[1] == aligned[2] == aligned[3] in (0, 1)

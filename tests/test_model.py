@@ -135,6 +135,27 @@ def test_encoder_unit_rows_and_gradient() -> None:
     assert first_conv.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("projector_bn", [True, False])
+def test_projector_batch_norm_is_optional(projector_bn: bool) -> None:
+    enc = Encoder("small", feature_dim=16, projector_bn=projector_bn)
+    norms = [m for m in enc.projector if isinstance(m, nn.BatchNorm1d)]
+    assert len(norms) == int(projector_bn)
+    assert enc(torch.randn(4, 3, 32, 32)).shape == (4, 16)
+
+
+def test_projector_batch_norm_spreads_a_collapsed_start() -> None:
+    """Nearly identical inputs: the batch-normalised hidden layer spreads their embeddings."""
+    torch.manual_seed(0)
+    base = torch.randn(1, 3, 32, 32)
+    x = base + 0.01 * torch.randn(32, 3, 32, 32)
+    cos = {}
+    for bn in (False, True):
+        torch.manual_seed(1)
+        z = Encoder("small", feature_dim=16, projector_bn=bn)(x)
+        cos[bn] = (z @ z.T).mean().item()
+    assert cos[False] > 0.99 and cos[True] < 0.5
+
+
 def test_cluster_head_logits() -> None:
     head = ClusterHead(feature_dim=128, num_clusters=10)
     assert head.num_clusters == 10

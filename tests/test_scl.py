@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from imgcluster.config import RunConfig, SCLConfig
@@ -86,3 +87,19 @@ def test_same_seed_same_step_on_cpu():
         return train_step(model, opt, images, torch.arange(8), 0.03, gen).total
 
     assert torch.equal(run(), run())
+
+
+def test_heads_learn_at_their_own_scaled_rate():
+    cfg = RunConfig().replace(scl={"k": 4, "memory_size": 32}, optim={"head_lr_scale": 50.0})
+    model = SCL("small", 64, cfg.scl, 16)
+    opt = make_optimizer(model, cfg)
+    heads = {id(p) for t in model.tasks.values() for p in t.head.parameters()}
+    encoder, head_group = opt.param_groups
+    assert {id(p) for p in head_group["params"]} == heads
+    assert not heads & {id(p) for p in encoder["params"]}
+    assert not {id(p) for p in model.momentum_encoder.parameters()} & {
+        id(p) for g in opt.param_groups for p in g["params"]
+    }
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    train_step(model, opt, images, torch.arange(8), 0.01, torch.Generator().manual_seed(0))
+    assert encoder["lr"] == pytest.approx(0.01) and head_group["lr"] == pytest.approx(0.5)
