@@ -25,7 +25,9 @@ class DataConfig:
     """Where the images come from and how they are cached.
 
     ``image_size`` of ``None`` means: chosen from the images (32 px for images up to ~48 px,
-    else 96 px), see :func:`imgcluster.cache.default_image_size`.
+    else 96 px), see :func:`imgcluster.cache.default_image_size`; for a benchmark set, the
+    set's own size. ``benchmark`` names a set of :mod:`imgcluster.datasets` found under
+    ``data_root``; ``source`` is then filled in with the folder its images were read from.
     """
 
     source: str = ""
@@ -33,14 +35,23 @@ class DataConfig:
     cache_dir: str | None = None
     workers: int | None = None
     follow_links: bool = False
+    benchmark: str | None = None
+    data_root: str | None = None
+    download: bool = False
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Encoder and projection head (MoCo v2 MLP to ``feature_dim``, l2-normalised)."""
+    """Encoder and projection head (MoCo v2 MLP to ``feature_dim``, l2-normalised).
+
+    ``projector_bn`` puts batch normalisation after the MLP's hidden layer (ours, as SimCLR and
+    MoCo v3 do): a randomly initialised encoder maps all images to nearly one vector, and the
+    normalised hidden layer spreads them from the first step (see docs/benchmarks.md).
+    """
 
     backbone: Backbone = "auto"
     feature_dim: int = 128
+    projector_bn: bool = True
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,10 @@ class OptimConfig:
     epochs: int = 200
     batch_size: int = 256
     lr: float = 0.03
+    # The linear cluster heads learn at head_lr_scale × lr (ours). They read l2-normalised
+    # features with the gradient stopped (Eq. 4), where a step of lr 0.03 moves a logit by
+    # ~0.03·(p̃−p): at the paper's rate a head trails its moving targets by many epochs.
+    head_lr_scale: float = 100.0
     weight_decay: float = 5e-4
     sgd_momentum: float = 0.9
     time_budget_minutes: float | None = None
@@ -125,6 +140,8 @@ class RunConfig:
             raise ValueError(f"batch size must be at least 2, got {self.optim.batch_size}")
         if self.optim.lr <= 0:
             raise ValueError(f"learning rate must be positive, got {self.optim.lr}")
+        if self.optim.head_lr_scale <= 0:
+            raise ValueError(f"head lr scale must be positive, got {self.optim.head_lr_scale}")
         budget = self.optim.time_budget_minutes
         if budget is not None and budget <= 0:
             raise ValueError(f"time budget must be positive, got {budget}")
