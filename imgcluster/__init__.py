@@ -4,10 +4,13 @@ Implements Semantic Contrastive Learning (SCL; J. Huang and S. Gong, "Deep Clust
 Semantic Contrastive Learning", BMVC 2022). The command line lives in :mod:`imgcluster.cli`;
 it is a thin layer over this API::
 
-    from imgcluster import RunConfig, fit
+    from imgcluster import RunConfig, assign, fit, report
     result = fit(RunConfig().replace(data={"source": "photos"}, scl={"k": 10}), "runs/photos")
+    sorted_ = assign("new-photos", run="runs/photos", export_folders_to="sorted")
 
-The heavy modules (torch) load on first use, so importing the package stays instant.
+``fit`` also writes ``model.onnx`` (:func:`export_onnx`) and ``report/index.html``
+(:func:`report`); ``assign`` needs only onnxruntime. The heavy modules (torch) load on first
+use, so importing the package stays instant.
 """
 
 from __future__ import annotations
@@ -15,12 +18,25 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["RunConfig", "fit", "score", "__version__"]
+__all__ = [
+    "RunConfig",
+    "assign",
+    "evaluate",
+    "export_onnx",
+    "fit",
+    "report",
+    "score",
+    "__version__",
+]
 
 _LAZY = {
     "RunConfig": ("imgcluster.config", "RunConfig"),
     "fit": ("imgcluster.pipeline", "fit"),
     "score": ("imgcluster.metrics", "score"),
+    "evaluate": ("imgcluster.evaluate", "evaluate"),
+    "export_onnx": ("imgcluster.export", "export_onnx"),
+    "assign": ("imgcluster.assignment", "assign"),
+    "report": ("imgcluster.reporting", "report"),
 }
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 
-from imgcluster.decode import DecodeError, decode_image, image_shape
+from imgcluster.decode import DecodeError, decode_image, image_shape, resize_array
 
 FORMAT_VERSION = 1  # bump when the decode pipeline or file layout changes
 _DECODER_ID = f"imgcluster-decode-v{FORMAT_VERSION}/pillow-{PIL.__version__}"
@@ -137,11 +137,71 @@ def build_cache(
         return cached
     # A stale manifest must not vouch for the new array if this build is interrupted.
     manifest.unlink(missing_ok=True)
+    _remove_dead_temporaries(folder, key)
     failures = _write_array(Path(root), paths, size, npy, workers, progress)
     good, skipped = _split(paths, failures)
     _write_manifest(manifest, npy, size, len(paths), good, skipped)
     images = np.load(npy, mmap_mode="r")
     return ImageCache(images=images, paths=good, skipped=skipped, file=npy, reused=False)
+
+
+def find_cache(
+    root: Path, paths: Sequence[str], size: int, cache_dir: Path | None = None
+) -> ImageCache | None:
+    """The complete cache of exactly these files at this size, if an earlier run built one.
+
+    Never decodes nor writes (``assign`` uses it to skip decoding a run's own images).
+    """
+    folder = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+    key = cache_key(root, paths, size)
+    return _load_existing(folder / f"{key}.npy", folder / f"{key}.json", list(paths), size)
+
+
+def cache_arrays(
+    images: np.ndarray,
+    paths: Sequence[str],
+    key: str,
+    size: int,
+    cache_dir: Path | None = None,
+    *,
+    progress: Progress | None = None,
+) -> ImageCache:
+    """Images that already are arrays (a benchmark's data files) as a cache, written once.
+
+    ``images`` is ``N x 3 x H x W`` uint8 and row ``i`` is named ``paths[i]`` (a name, not
+    necessarily a file). Rows are resized to ``size`` like decoded files. ``key`` identifies
+    the source, e.g. :func:`cache_key` over the data files; a complete cache under it is reused.
+    """
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"need N x 3 x H x W uint8 images, got {images.dtype} {images.shape}")
+    if len(paths) != len(images):
+        raise ValueError(f"{len(paths)} paths for {len(images)} images")
+    paths = list(paths)
+    folder = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+    folder.mkdir(parents=True, exist_ok=True)
+    npy, manifest = folder / f"{key}.npy", folder / f"{key}.json"
+    cached = _load_existing(npy, manifest, paths, size)
+    if cached is not None:
+        return cached
+    manifest.unlink(missing_ok=True)
+    tmp = npy.with_name(f"{npy.name}.tmp-{os.getpid()}")
+    try:
+        rows = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size)
+        )
+        for begin in range(0, len(paths), _COPY_ROWS):
+            chunk = images[begin : begin + _COPY_ROWS]
+            rows[begin : begin + len(chunk)] = [resize_array(im, size) for im in chunk]
+            if progress is not None:
+                progress(begin + len(chunk), len(paths))
+        rows.flush()
+        del rows
+        _fsync_file(tmp)
+        os.replace(tmp, npy)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _write_manifest(manifest, npy, size, len(paths), paths, [])
+    return ImageCache(np.load(npy, mmap_mode="r"), paths, [], npy, reused=False)
 
 
 def _write_array(
@@ -164,6 +224,29 @@ def _write_array(
     finally:
         tmp.unlink(missing_ok=True)
     return failures
+
+
+def _remove_dead_temporaries(folder: Path, key: str) -> None:
+    """Delete the temporary files of a build of ``key`` killed earlier (its process is gone):
+    a decode killed by SIGKILL cannot clean up, and its half-written array may be large."""
+    for tmp in folder.glob(f"{key}.*.tmp-*"):
+        pid = tmp.name.rpartition(".tmp-")[2].split("-")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    """True unless process ``pid`` surely no longer exists (unknown on non-POSIX systems, where
+    ``os.kill`` would end the process)."""
+    if pid == os.getpid() or os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _write_manifest(

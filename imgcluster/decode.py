@@ -57,6 +57,16 @@ def decode_image(path: str | Path, size: int) -> np.ndarray:
         return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
 
 
+def resize_array(image: np.ndarray, size: int) -> np.ndarray:
+    """A decoded ``(3, H, W)`` uint8 RGB array through :func:`decode_image`'s resize and centre
+    crop (for images that come as arrays, e.g. benchmark files); unchanged when already square
+    of side ``size``."""
+    if image.shape[1:] == (size, size):
+        return image
+    im = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)))  # H x W x 3: RGB
+    return np.ascontiguousarray(np.asarray(_resize_crop(im, size)).transpose(2, 0, 1))
+
+
 def image_shape(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` as displayed (EXIF rotation applied), read from the header only.
 

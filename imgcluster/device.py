@@ -60,8 +60,13 @@ class DeviceImages:
             return host.pin_memory().to(self.device, non_blocking=True)
         return host
 
-    def sequential(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """(indices, images) over all N in order, for prediction."""
-        for start in range(0, len(self), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(self)))
+    def sequential(
+        self, batch_size: int, indices: Tensor | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """(indices, images) over all N in order (or over ``indices``, a rank's share), for
+        prediction."""
+        if indices is None:
+            indices = torch.arange(len(self))
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start : start + batch_size]
             yield idx, self.batch(idx)

@@ -2,7 +2,8 @@
 
 ACC maps clusters one-to-one to classes with scipy's ``linear_sum_assignment`` on the
 contingency table; cluster and class counts may differ (unmatched clusters count as errors).
-NMI and ARI are scikit-learn's and need no matching.
+NMI and ARI are scikit-learn's and need no matching. :func:`confusion` gives the same table with
+its rows in the order of the Hungarian match, for plots and per-cluster summaries.
 """
 
 from __future__ import annotations
@@ -69,3 +70,41 @@ def score(clusters: np.ndarray, classes: np.ndarray) -> Scores:
         ari=float(adjusted_rand_score(classes, clusters)),
         n=int(clusters.size),
     )
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """Clusters × classes counts, rows ordered by the Hungarian match.
+
+    Row ``r`` is cluster ``clusters[r]``; column ``j`` is class ``classes[j]`` (sorted ids).
+    ``matched[r]`` is the column matched one-to-one to row ``r``, or -1: the matched rows come
+    first in the order of their classes, then unmatched clusters (when there are more clusters
+    than classes) from largest to smallest.
+    """
+
+    table: np.ndarray
+    clusters: np.ndarray
+    classes: np.ndarray
+    matched: np.ndarray
+
+    def majority(self) -> np.ndarray:
+        """Column of each row's most frequent class."""
+        return self.table.argmax(axis=1)
+
+    def purity(self) -> np.ndarray:
+        """Share of each row's images that belong to its most frequent class."""
+        return self.table.max(axis=1) / np.maximum(self.table.sum(axis=1), 1)
+
+
+def confusion(clusters: np.ndarray, classes: np.ndarray) -> Confusion:
+    """The contingency table of ``clusters`` against ``classes`` in Hungarian-match order."""
+    cluster_ids, _ = _codes(clusters)
+    class_ids, _ = _codes(classes)
+    table = contingency(clusters, classes)
+    rows, cols = hungarian_match(table)
+    matched = np.full(len(cluster_ids), -1, dtype=np.int64)
+    matched[rows] = cols
+    unmatched = np.flatnonzero(matched < 0)
+    unmatched = unmatched[np.argsort(-table[unmatched].sum(axis=1), kind="stable")]
+    order = np.concatenate([rows[np.argsort(cols)], unmatched])
+    return Confusion(table[order], cluster_ids[order], class_ids, matched[order])

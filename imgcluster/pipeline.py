@@ -4,10 +4,14 @@ Scan → decode once into the cache → build (or resume) the SCL model → epoc
 :func:`imgcluster.train.run_epoch`, each closed by a label update, a history line and an atomic
 checkpoint → assignments.csv from the 'clustering' head of the final model. ``--time-budget``
 fixes the epoch count after the first epoch (:func:`imgcluster.schedule.epochs_for_budget`).
+
+Under torchrun every rank runs ``fit`` (docs/distributed.md): rank 0 chooses the run directory,
+builds the decode cache first, writes every file and reports progress; all ranks train.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -22,6 +26,16 @@ from imgcluster import rundir as rd
 from imgcluster.cache import ImageCache, build_cache, cache_dir_default, default_image_size
 from imgcluster.config import RunConfig
 from imgcluster.device import DeviceImages, resolve_device
+from imgcluster.distributed import (
+    World,
+    broadcast_,
+    broadcast_object,
+    current_world,
+    gather_objects,
+    main_decides,
+    main_first,
+    process_group,
+)
 from imgcluster.kmeans import kmeans
 from imgcluster.scan import scan_folder
 from imgcluster.schedule import epochs_for_budget, steps_per_epoch, total_steps_for
@@ -31,19 +45,24 @@ from imgcluster.train import (
     Callback,
     Predictions,
     Progress,
+    Replica,
     confidence_ranked,
+    global_batch_size,
     make_optimizer,
-    predict,
+    predict_all,
     run_epoch,
+    sync_buffers,
     update_task_labels,
 )
 
 # Settings a checkpoint cannot survive a change of (they fix the shapes of its state).
 STRUCTURAL = (
     ("data", "source"),
+    ("data", "benchmark"),
     ("data", "image_size"),
     ("model", "backbone"),
     ("model", "feature_dim"),
+    ("model", "projector_bn"),
     ("scl", "k"),
     ("scl", "method"),
     ("scl", "memory_size"),
@@ -91,7 +110,13 @@ def check_resumable(saved: RunConfig, current: RunConfig) -> None:
 
 
 def load_images(cfg: RunConfig, out: Path, callback: Callback) -> tuple[RunConfig, ImageCache]:
-    """Scan the source, choose the image size, decode once into the cache."""
+    """Scan the source, choose the image size, decode once into the cache.
+
+    A benchmark set (``data.benchmark``) comes from :mod:`imgcluster.datasets` instead, and its
+    labels are written into the run directory (labels.csv) for ``eval``.
+    """
+    if cfg.data.benchmark:
+        return load_benchmark(cfg, out, callback)
     root = Path(cfg.data.source)
     try:
         scan = scan_folder(root, exclude=[out], follow_links=cfg.data.follow_links)
@@ -101,31 +126,67 @@ def load_images(cfg: RunConfig, out: Path, callback: Callback) -> tuple[RunConfi
         raise rd.RunError(f"no images found in {root}")
     size = cfg.data.image_size or default_image_size(root, scan.paths)
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_dir_default()
-    cache = build_cache(
-        root,
-        scan.paths,
-        size,
-        cache_dir,
-        workers=cfg.data.workers,
-        progress=lambda done, total: callback(Progress("decode", done, total)),
-    )
+    try:
+        cache = build_cache(
+            root,
+            scan.paths,
+            size,
+            cache_dir,
+            workers=cfg.data.workers,
+            progress=lambda done, total: callback(Progress("decode", done, total)),
+        )
+    except OSError as e:  # decode failures are skipped files: this is the cache folder (full?)
+        where = e.filename or cache_dir
+        raise rd.RunError(f"cannot write the decode cache {where}: {e.strerror or e}") from e
     cache.skipped = sorted(scan.skipped + cache.skipped)
-    n, k = len(cache.paths), cfg.scl.k
+    check_enough_images(len(cache.paths), cfg.scl.k, root)
+    return cfg.replace(data={"image_size": size}), cache
+
+
+def check_enough_images(n: int, k: int, root: Path) -> None:
     if n < 2 * k:
         raise rd.RunError(
             f"only {n} usable image(s) in {root}: clustering into k={k} needs at least {2 * k}"
         )
-    return cfg.replace(data={"image_size": size}), cache
+
+
+def load_benchmark(cfg: RunConfig, out: Path, callback: Callback) -> tuple[RunConfig, ImageCache]:
+    """The benchmark's images into the cache and its labels into ``out``/labels.csv; the
+    config's source becomes the folder they were read from."""
+    from imgcluster import datasets
+
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_dir_default()
+    bench = datasets.load(
+        cfg.data.benchmark or "",
+        Path(cfg.data.data_root or datasets.DEFAULT_ROOT),
+        cfg.data.image_size,
+        cache_dir,
+        workers=cfg.data.workers,
+        download=cfg.data.download,
+        exclude=(out,),
+        progress=lambda done, total: callback(Progress("decode", done, total)),
+    )
+    cache = bench.cache
+    check_enough_images(len(cache.paths), cfg.scl.k, bench.root)
+    if current_world().is_main:  # under torchrun only rank 0 writes the run directory
+        rd.write_labels(out / rd.LABELS, cache.paths, bench.labels)
+    size = int(cache.images.shape[-1])
+    data = {"image_size": size, "source": str(bench.root), "data_root": str(bench.data_root)}
+    return cfg.replace(data=data), cache
 
 
 def prepare_out_dir(cfg: RunConfig, out: Path | None, resume: bool) -> Path:
-    """The run directory: refuse to overwrite a previous run unless resuming it."""
+    """The run directory: refuse to overwrite a previous run unless resuming it.
+
+    A folder whose run never saved a checkpoint (killed or failed early) holds nothing to lose:
+    it is started over.
+    """
     if out is None:
         if resume:
             raise rd.RunError("--resume needs --out: the run directory to continue")
-        name = Path(cfg.data.source).resolve().name or "run"
+        name = cfg.data.benchmark or Path(cfg.data.source).resolve().name or "run"
         out = rd.numbered_run_dir(Path("runs"), name)
-    elif rd.is_run_dir(out) and not resume:
+    elif (out / rd.CHECKPOINT).exists() and not resume:
         raise rd.RunError(
             f"{out} already holds a run: pass --resume to continue it, or another --out"
         )
@@ -139,24 +200,41 @@ def prepare_out_dir(cfg: RunConfig, out: Path | None, resume: bool) -> Path:
 
 
 class Trainer:
-    """The run's mutable state (model, optimiser, generators, epoch counters) and its epochs."""
+    """The run's mutable state (model, optimiser, generators, epoch counters) and its epochs.
 
-    def __init__(self, cfg: RunConfig, cache: ImageCache, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
+    Under DDP (``world``) every rank holds one, identical but for its augmentation generator.
+    """
+
+    def __init__(
+        self, cfg: RunConfig, cache: ImageCache, device: torch.device, world: World = World()
+    ) -> None:
+        self.cfg, self.device, self.world = cfg, device, world
         torch.manual_seed(cfg.optim.seed)
         n = len(cache.paths)
-        self.model = SCL(cfg.model.backbone, n, cfg.scl, cfg.model.feature_dim, cfg.optim.seed)
+        self.model = SCL(
+            cfg.model.backbone,
+            n,
+            cfg.scl,
+            cfg.model.feature_dim,
+            cfg.optim.seed,
+            projector_bn=cfg.model.projector_bn,
+        )
         self.model.to(device, memory_format=MEMORY_FORMAT)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.order_gen = torch.Generator().manual_seed(cfg.optim.seed + 1)
-        self.aug_gen = torch.Generator(device=device).manual_seed(cfg.optim.seed + 2)
+        self.replica = Replica.wrap(self.model, world, device) if world.distributed else None
+        self.order_gen = torch.Generator().manual_seed(cfg.optim.seed + 1)  # same on every rank
+        # Each rank augments with its own stream; rank 0's is the single-process one.
+        aug_seed = cfg.optim.seed + 2 + 1000 * world.rank
+        self.aug_gen = torch.Generator(device=device).manual_seed(aug_seed)
         self.images = DeviceImages(cache.images, device)
+        self.batch = global_batch_size(cfg.optim.batch_size, n, world.world_size)
         self.digest = paths_digest(cache.paths)
         self.epoch, self.epochs_total = 0, cfg.optim.epochs
         self.last_predictions: Predictions | None = None
 
     def state(self) -> dict[str, Any]:
-        return {
+        """The checkpoint; under DDP every rank must call it (it gathers each rank's generator)."""
+        state = {
             "format": 1,
             "version": __version__,
             "config": self.cfg.to_dict(),
@@ -168,7 +246,11 @@ class Trainer:
             "order_gen": self.order_gen.get_state(),
             "aug_gen": self.aug_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "world_size": self.world.world_size,
         }
+        if self.world.distributed:
+            state["aug_gen_ranks"] = gather_objects(self.aug_gen.get_state())
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         if state.get("paths_digest") != self.digest:
@@ -178,33 +260,51 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.order_gen.set_state(state["order_gen"])
-        self.aug_gen.set_state(state["aug_gen"].to(self.aug_gen.get_state().device))
+        ranks = state.get("aug_gen_ranks") or [state["aug_gen"]]
+        if self.world.rank < len(ranks):  # a rank the checkpoint lacks keeps its fresh stream
+            self.aug_gen.set_state(ranks[self.world.rank].to(self.aug_gen.get_state().device))
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.epochs_total = int(state["epoch"]), int(state["epochs_total"])
 
     def epoch_once(self, callback: Callback) -> dict[str, Any]:
         """Train one epoch, then update the labels; return the history record."""
         cfg, n = self.cfg, len(self.images)
-        total = total_steps_for(self.epochs_total, n, cfg.optim.batch_size)
-        step0 = self.epoch * steps_per_epoch(n, cfg.optim.batch_size)
+        total = total_steps_for(self.epochs_total, n, self.batch)
+        step0 = self.epoch * steps_per_epoch(n, self.batch)
         gens = (self.order_gen, self.aug_gen)
         stats = run_epoch(
-            self.model, self.optimizer, self.images, cfg, gens, step0, total, callback
+            self.model, self.optimizer, self.images, cfg, gens, step0, total, callback, self.replica
         )
+        if self.world.distributed:
+            sync_buffers(self.model)
         started = time.perf_counter()
         last = self.epoch + 1 == self.epochs_total
         task_stats: dict[str, Any] = {}
         if self.model.tasks or last:
             callback(Progress("labels", 0, 1))
-            self.last_predictions = predict(self.model, self.images, cfg.scl.temperature)
-            task_stats = update_task_labels(
-                self.model,
-                self.last_predictions,
-                cfg.scl.min_cluster_size,
-                cfg.optim.seed + self.epoch,
-            )
+            self.last_predictions = self.predict()
+            task_stats = self.update_labels(cfg.optim.seed + self.epoch)
         self.epoch += 1
         return history_record(self.epoch, stats, task_stats, time.perf_counter() - started)
+
+    def predict(self) -> Predictions:
+        """All N images through the final model; under DDP each rank predicts a share."""
+        return predict_all(self.model, self.images, self.cfg.scl.temperature, self.world)
+
+    def update_labels(self, seed: int) -> dict[str, Any]:
+        """Eq. 5 with merge-and-split on the gathered predictions: on rank 0 only, its labels and
+        flip counts then broadcast, so every rank holds the same ones."""
+        stats: dict[str, Any] = {}
+        if self.world.is_main:
+            assert self.last_predictions is not None
+            min_size = self.cfg.scl.min_cluster_size
+            stats = update_task_labels(self.model, self.last_predictions, min_size, seed)
+        if self.world.distributed:
+            for task in self.model.tasks.values():
+                broadcast_(task.labels)
+                broadcast_(task.flips)
+            stats = broadcast_object(stats)
+        return stats
 
 
 def history_record(
@@ -251,39 +351,74 @@ def fit(
     *,
     resume: bool = False,
     callback: Callback | None = None,
+    report: bool = True,
 ) -> FitResult:
     """Train SCL on ``config.data.source`` and write the run directory ``out``.
 
-    Raises :class:`imgcluster.rundir.RunError` (one-line message) for anything the user can fix.
+    At the end the model is exported to ``model.onnx`` (checked against torch) and, unless
+    ``report`` is False, the HTML report is written to ``report/``. Raises
+    :class:`imgcluster.rundir.RunError` (one-line message) for anything the user can fix.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls ``fit``: it joins the process group,
+    trains its share of each global batch, and only rank 0 writes the run directory and calls
+    ``callback`` (the others get a silent one); the other ranks' results have no clusters.
     """
     start = time.perf_counter()
-    callback = callback or _noop
-    try:
-        config.validate()
-        device = resolve_device(config.optim.device)
-    except ValueError as e:
-        raise rd.RunError(str(e)) from e
-    if config.data.source:
+    with contextlib.ExitStack() as stack:
+        try:
+            config.validate()
+            device = resolve_device(config.optim.device)
+            world, device = stack.enter_context(process_group(device))
+        except ValueError as e:
+            raise rd.RunError(str(e)) from e
+        callback = callback if callback is not None and world.is_main else _noop
+        return _fit_rank(config, out, resume, report, callback, world, device, start)
+
+
+def _fit_rank(
+    config: RunConfig,
+    out: Path | None,
+    resume: bool,
+    report: bool,
+    callback: Callback,
+    world: World,
+    device: torch.device,
+    start: float,
+) -> FitResult:
+    """:func:`fit` on one rank (the only one without torchrun)."""
+    # A benchmark's folder is found (and recorded as the source) by load_images.
+    if config.data.source and not config.data.benchmark:
         source = Path(config.data.source).resolve()
         if not source.is_dir():
             raise rd.RunError(f"source folder not found: {config.data.source}")
         config = config.replace(data={"source": str(source)})
-    elif not resume:
+    elif not (resume or config.data.source or config.data.benchmark):
         raise rd.RunError("no source folder given")
-    out = prepare_out_dir(config, Path(out) if out is not None else None, resume)
+    requested = Path(out) if out is not None else None
+    out = main_decides(lambda: prepare_out_dir(config, requested, resume))  # rank 0 numbers it
     callback(Progress("run_dir", 0, 0, {"path": str(out)}))
+    if world.is_main and not resume:  # at once: a run killed while decoding can be resumed
+        rd.write_json(out / rd.CONFIG, {**config.to_dict(), "version": __version__})
     state = _load_resume_state(out, config, callback) if resume else None
     if state is not None:
         config = _resumed_config(config, state)
     config = config.replace(model={"backbone": resolve_backbone(config.model.backbone, device)})
-    config, cache = load_images(config, out, callback)
-    rd.write_json(out / rd.CONFIG, {**config.to_dict(), "version": __version__})
-    rd.write_skipped(out / rd.SKIPPED, cache.skipped)
-    trainer = Trainer(config, cache, device)
+    loaded = config
+    config, cache = main_first(lambda: load_images(loaded, out, callback))  # one decode
+    if len(cache.paths) < 2 * world.world_size:  # a batch of at least 2 on every rank
+        raise rd.RunError(f"{len(cache.paths)} images cannot feed {world.world_size} processes")
+    if world.is_main:
+        meta = {"version": __version__, "world_size": world.world_size}
+        rd.write_json(out / rd.CONFIG, {**config.to_dict(), **meta})
+        rd.write_skipped(out / rd.SKIPPED, cache.skipped)
+    trainer = Trainer(config, cache, device, world)
     history = _start_history(trainer, out, state)
     _train(trainer, out, history, start, callback, budgeted=state is None)
-    clusters, confidence = final_assignments(trainer)
-    rd.write_assignments(out / rd.ASSIGNMENTS, cache.paths, clusters, confidence)
+    clusters, confidence = np.zeros(0, dtype=np.int64), np.zeros(0)  # other ranks: no result
+    if world.is_main:
+        clusters, confidence = final_assignments(trainer)
+        rd.write_assignments(out / rd.ASSIGNMENTS, cache.paths, clusters, confidence)
+        _export_and_report(out, cache.images, report, callback)
     return FitResult(
         out,
         config,
@@ -297,9 +432,25 @@ def fit(
     )
 
 
+def _export_and_report(out: Path, images: np.ndarray, report: bool, callback: Callback) -> None:
+    """model.onnx for ``assign`` (and the report); then the report unless ``report`` is False."""
+    from imgcluster.export import export_onnx
+
+    exported = export_onnx(out, images=images)
+    text = (f"model.onnx: onnxruntime agrees with torch (max abs diff "
+            f"{exported.max_abs_diff:.1e}, argmax {exported.argmax_agreement:.0%} of "
+            f"{exported.checked_images} images)")  # fmt: skip
+    callback(Progress("message", 0, 0, {"text": text}))
+    if report:
+        from imgcluster.reporting import report as write_report
+
+        page = write_report(out, images=images)
+        callback(Progress("message", 0, 0, {"text": f"report: {page.path}"}))
+
+
 def _load_resume_state(out: Path, config: RunConfig, callback: Callback) -> dict | None:
     """The checkpoint to resume from, or None (with a message) when the run never saved one."""
-    if not (out / rd.CHECKPOINT).exists():
+    if not broadcast_object((out / rd.CHECKPOINT).exists()):  # rank 0's view decides
         callback(Progress("message", 0, 0, {"text": "no checkpoint yet: starting the run over"}))
         return None
     state = rd.load_checkpoint(out / rd.CHECKPOINT)
@@ -315,8 +466,14 @@ def _resumed_config(requested: RunConfig, state: dict) -> RunConfig:
     saved = RunConfig.from_dict(state["config"])
     if requested.optim.epochs != saved.optim.epochs:
         state["epochs_total"] = requested.optim.epochs
+    data_root = requested.data.data_root or saved.data.data_root
     return requested.replace(
-        data={"source": saved.data.source, "image_size": saved.data.image_size},
+        data={
+            "source": saved.data.source,
+            "image_size": saved.data.image_size,
+            "benchmark": saved.data.benchmark,
+            "data_root": data_root,
+        },
         model={"backbone": saved.model.backbone},
         optim={"epochs": int(state["epochs_total"])},
     )
@@ -325,11 +482,13 @@ def _resumed_config(requested: RunConfig, state: dict) -> RunConfig:
 def _start_history(trainer: Trainer, out: Path, state: dict | None) -> list[dict[str, Any]]:
     """Fresh history, or the checkpoint's epochs of the old one (later lines are dropped)."""
     if state is None:
-        rd.write_history(out / rd.HISTORY, [])
+        if trainer.world.is_main:
+            rd.write_history(out / rd.HISTORY, [])
         return []
     trainer.load_state(state)
     history = [r for r in rd.read_history(out / rd.HISTORY) if r["epoch"] <= trainer.epoch]
-    rd.write_history(out / rd.HISTORY, history)
+    if trainer.world.is_main:
+        rd.write_history(out / rd.HISTORY, history)
     return history
 
 
@@ -353,19 +512,23 @@ def _train(
         record = trainer.epoch_once(callback)
         seconds.append(record["seconds"])
         if budget is not None:
-            trainer.epochs_total = epochs_for_budget(
+            epochs_total = epochs_for_budget(
                 budget * 60.0,
                 time.perf_counter() - start,
                 float(np.median(seconds)),
                 trainer.epoch,
                 trainer.cfg.optim.epochs,
             )
-        record.update(epochs_total=trainer.epochs_total, device=str(trainer.device))
+            trainer.epochs_total = broadcast_object(epochs_total)  # rank 0's clock decides
+        world_size = trainer.world.world_size
+        record.update(
+            epochs_total=trainer.epochs_total, device=str(trainer.device), world_size=world_size
+        )
         history.append(record)
-        rd.write_history(out / rd.HISTORY, history)
-        rd.save_checkpoint(out / rd.CHECKPOINT, trainer.state())
+        state = trainer.state()  # every rank: under DDP it gathers the ranks' generators
+        if trainer.world.is_main:
+            rd.write_history(out / rd.HISTORY, history)
+            rd.save_checkpoint(out / rd.CHECKPOINT, state)
         callback(Progress("epoch", trainer.epoch, trainer.epochs_total, record))
     if trainer.last_predictions is None:  # a resumed finished run, or the baseline's budget cut
-        trainer.last_predictions = predict(
-            trainer.model, trainer.images, trainer.cfg.scl.temperature
-        )
+        trainer.last_predictions = trainer.predict()

@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"
 ASSIGNMENTS = "assignments.csv"
 SKIPPED = "skipped.csv"
+LABELS = "labels.csv"  # benchmark runs: the true class of every image, for ``eval``
+REPORT = "report"
+MODEL = "model.onnx"  # written by ``export`` (and at the end of ``fit``), read by ``assign``
 
 
 class RunError(Exception):
@@ -105,6 +107,11 @@ def read_assignments(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return paths, clusters, confidence
 
 
+def write_labels(path: Path, paths: Sequence[str], labels: Sequence[str]) -> None:
+    """labels.csv: path, label (the format ``imgcluster eval --labels`` reads)."""
+    atomic_write_text(path, _csv_text(("path", "label"), list(zip(paths, labels))))
+
+
 def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
     """skipped.csv: path, reason for every file that looked like an image but was not used."""
     atomic_write_text(path, _csv_text(("path", "reason"), skipped))
@@ -112,6 +119,8 @@ def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save into memory, then an atomic write: a kill never leaves a torn checkpoint."""
+    import torch  # here, not at the top: eval and assign read run directories without torch
+
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -119,6 +128,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load with ``weights_only=True``; anything that would run code is refused."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -142,3 +153,21 @@ def numbered_run_dir(base: Path, name: str) -> Path:
 def is_run_dir(path: Path) -> bool:
     """A folder that a previous ``fit`` wrote into."""
     return (path / CONFIG).exists() or (path / CHECKPOINT).exists()
+
+
+def latest_run(base: Path = Path("runs"), needs: str = ASSIGNMENTS) -> Path:
+    """The run directory under ``base`` whose file ``needs`` was written last.
+
+    Raises :class:`RunError` when no run under ``base`` has that file.
+    """
+    candidates = [p / needs for p in _subfolders(Path(base)) if (p / needs).is_file()]
+    if not candidates:
+        raise RunError(f"no run with {needs} under {base}/: give the run directory with --run")
+    return max(candidates, key=lambda f: f.stat().st_mtime_ns).parent
+
+
+def _subfolders(base: Path) -> list[Path]:
+    try:
+        return [p for p in base.iterdir() if p.is_dir()]
+    except OSError:
+        return []

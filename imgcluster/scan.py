@@ -1,9 +1,9 @@
 """Find the image files under a source folder.
 
 Scope: walking the folder tree and deciding which entries are candidate images (by extension),
-which are passed over silently (hidden entries, other files, excluded folders) and which are
-reported as unusable (broken or escaping symlinks, unreadable or empty files). Decoding is not
-done here: see :mod:`imgcluster.decode`.
+which are passed over silently (hidden entries, other files, excluded folders, imgcluster's own
+run directories and export folders) and which are reported as unusable (broken or escaping
+symlinks, unreadable or empty files). Decoding is not done here: see :mod:`imgcluster.decode`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from imgcluster.folders import MANIFEST
+from imgcluster.rundir import CONFIG, HISTORY
 
 # Every extension Pillow decodes that people use for photos or datasets.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -39,6 +42,10 @@ REASON_UNREADABLE = "unreadable (permission denied)"
 REASON_UNREADABLE_DIR = "unreadable folder (permission denied)"
 REASON_EMPTY = "empty file"
 REASON_NOT_REGULAR = "not a regular file"
+
+# A folder holding all the files of one set is imgcluster's own output (a run directory, an
+# export folder): never clustered, wherever it sits in the source.
+OUTPUT_MARKERS: tuple[tuple[str, ...], ...] = ((CONFIG, HISTORY), (MANIFEST,))
 
 
 @dataclass(frozen=True)
@@ -170,9 +177,15 @@ def _visit_link(walk: _Walk, entry: os.DirEntry[str], rel: str) -> str | None:
     return None
 
 
+def is_output_folder(path: str | Path) -> bool:
+    """True when ``path`` is a run directory or export folder that imgcluster wrote."""
+    return any(all(os.path.isfile(os.path.join(path, m)) for m in ms) for ms in OUTPUT_MARKERS)
+
+
 def _enter_dir(walk: _Walk, path: str, real: str) -> str | None:
-    """Return ``path`` when the folder should be walked: not excluded and not seen before."""
-    if walk.is_excluded(real):
+    """Return ``path`` when the folder should be walked: not excluded, not imgcluster's own
+    output and not seen before."""
+    if walk.is_excluded(real) or is_output_folder(path):
         return None
     st = os.stat(path)
     key = (st.st_dev, st.st_ino)

@@ -60,16 +60,23 @@ class ClusteringTask(nn.Module):
         # s_i starts at 1 so Eq. 6 weights are uniform until labels move (ours, SCL.md).
         self.register_buffer("flips", torch.ones(num_images))
 
-    def losses(self, q: Tensor, k: Tensor, idx: Tensor, cfg: SCLConfig) -> tuple[Tensor, Tensor]:
+    def losses(
+        self, q: Tensor, k: Tensor, idx: Tensor, cfg: SCLConfig, batch_idx: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """L_ID (Eq. 1-2, weighted by Eq. 6) and L_CD (Eq. 3-4) for a batch.
 
         q, k: n×d l2-normalised; idx: n indices of the batch's images into the dataset.
+        batch_idx: under DDP, the W·n ids of the global batch that idx is one rank's share of.
         """
         y = self.labels[idx]  # n
         logits = memory_logits(q, self.memory.flat(), self.num_clusters, cfg.temperature)  # n×C×B
         logits = mask_own_keys(logits, self.memory.ids, idx)
         per_sample = cross_cluster_id_loss(q, k, logits, y, cfg.temperature, cfg.cross_cluster)
         weights = hard_sample_weights(self.flips[idx]) if cfg.hard_mining else None
+        if weights is not None and batch_idx is not None:
+            # Eq. 6 normalises over the global batch; ×W because DDP averages the W ranks' grads.
+            share = self.flips[idx].sum() / self.flips[batch_idx].sum()
+            weights = weights * share * (len(batch_idx) / len(idx))
         target = memory_soft_assignment(logits)  # n×C, no gradient
         l_cd = cluster_discrimination_loss(self.head(q.detach()), target)  # grad to W, B only
         return weighted_loss(per_sample, weights), l_cd
@@ -107,12 +114,17 @@ class SCL(nn.Module):
                 self.tasks[name] = ClusteringTask(c, num_images, feature_dim, cfg.memory_size, gen)
         self.queue = InstanceQueue(min(cfg.memory_size, num_images), feature_dim)
 
-    def loss_terms(self, q: Tensor, k: Tensor, idx: Tensor) -> LossTerms:
-        """Eq. 7 summed over the tasks: L = α·ΣL_ID + β·ΣL_CD + L_instance."""
+    def loss_terms(
+        self, q: Tensor, k: Tensor, idx: Tensor, batch_idx: Tensor | None = None
+    ) -> LossTerms:
+        """Eq. 7 summed over the tasks: L = α·ΣL_ID + β·ΣL_CD + L_instance.
+
+        batch_idx: under DDP, the global batch's ids (idx is this rank's share), for Eq. 6.
+        """
         zero = q.new_zeros((), dtype=torch.float32)
         l_id, l_cd = zero, zero
         for task in self.tasks.values():
-            task_id, task_cd = task.losses(q, k, idx, self.cfg)
+            task_id, task_cd = task.losses(q, k, idx, self.cfg, batch_idx)
             l_id, l_cd = l_id + task_id, l_cd + task_cd
         queue_logits = memory_logits(q, self.queue.flat(), 1, self.cfg.temperature)  # n×1×K
         queue_logits = mask_own_keys(queue_logits, self.queue.ids, idx).flatten(1)
@@ -122,7 +134,11 @@ class SCL(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, k: Tensor, idx: Tensor) -> None:
-        """After the backward pass: k_i into M_{y_i} of every task, and into MoCo's queue."""
+        """After the backward pass: k_i into M_{y_i} of every task, and into MoCo's queue.
+
+        Under DDP, k and idx are the whole global batch's (gathered from every rank), and the
+        labels y are the same on every rank, so every rank's memories stay identical.
+        """
         for task in self.tasks.values():
             task.memory.enqueue(k, task.labels[idx], idx)
         self.queue.enqueue(k, idx)

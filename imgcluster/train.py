@@ -6,6 +6,13 @@ momentum encoder → losses of every task (Eq. 1-4, 6, 7) → SGD step → enque
 Once per epoch the whole set is predicted on a non-augmented view and the pseudo labels are
 updated (Eq. 5, merge-and-split); then history and checkpoint are written. The library stays
 silent: progress goes to a callback.
+
+Under torchrun (docs/distributed.md) each rank runs :func:`train_step` on its share of the global
+batch with a :class:`Shard`: the encoder and heads are wrapped in DistributedDataParallel
+(gradients averaged), the momentum encoder's keys use MoCo's shuffle-BN, and the keys of the whole
+global batch are gathered before they enter the memories, so every rank's memories stay equal to
+those of one process trained with the global batch. :func:`predict_all` predicts each rank's share
+and gathers all N predictions.
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from imgcluster.augment import augment, preprocess
 from imgcluster.config import RunConfig
 from imgcluster.device import DeviceImages, autocast
+from imgcluster.distributed import KeyShuffle, World, all_gather_rows, average_
 from imgcluster.labels import align_ids, min_cluster_size, update_flip_counts, update_labels
 from imgcluster.model import momentum_update
 from imgcluster.schedule import cosine_lr
@@ -55,6 +64,49 @@ class Predictions:
     memory_probs: dict[str, np.ndarray]  # task → N×C, the memory's p̃ (Eq. 3); ablation only
 
 
+class _Trainable(nn.Module):
+    """The encoder and the cluster heads as one module for DDP; its forward is the encoder's.
+
+    The heads are used outside this forward (Eq. 4 on detached q), but DDP's gradient hooks
+    sit on every parameter, so their gradients are averaged over the ranks as well.
+    """
+
+    def __init__(self, model: SCL) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+        self.heads = nn.ModuleList(task.head for task in model.tasks.values())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+
+@dataclass
+class Replica:
+    """This rank's part in data-parallel training: its world and the DDP-wrapped encoder."""
+
+    world: World
+    encoder: nn.Module  # DDP(encoder + heads): call it for q so gradients are averaged
+
+    @classmethod
+    def wrap(cls, model: SCL, world: World, device: torch.device) -> Replica:
+        ids = [device.index] if device.type == "cuda" else None
+        return cls(world, DistributedDataParallel(_Trainable(model), device_ids=ids))
+
+    def shard(self, batch: Tensor, images: DeviceImages, gen: torch.Generator) -> Shard:
+        """This rank's share of a global batch, its shuffle-BN key images loaded."""
+        shuffle = KeyShuffle.plan(batch, self.world, gen)
+        return Shard(self.encoder, shuffle, images.batch(shuffle.key_ids))
+
+
+@dataclass
+class Shard:
+    """One rank's share of one global batch (see :class:`KeyShuffle`)."""
+
+    encoder: nn.Module
+    shuffle: KeyShuffle
+    key_images: Tensor  # uint8 n×3×S×S: images of shuffle.key_ids, for the momentum encoder
+
+
 def train_step(
     model: SCL,
     optimizer: torch.optim.Optimizer,
@@ -62,30 +114,45 @@ def train_step(
     idx: Tensor,
     lr: float,
     gen: torch.Generator,
+    shard: Shard | None = None,
 ) -> LossTerms:
-    """One SCL step on a batch of uint8 images (n×3×S×S on the device) with dataset ids idx."""
+    """One SCL step on a batch of uint8 images (n×3×S×S on the device) with dataset ids idx.
+
+    With ``shard`` (DDP): images and idx are this rank's share of the global batch; the keys of
+    the whole global batch are gathered and enqueued on every rank.
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     idx = idx.to(images.device, non_blocking=True)
     images = images.contiguous(memory_format=MEMORY_FORMAT)  # augment keeps the layout
+    key_images = (
+        images if shard is None else shard.key_images.contiguous(memory_format=MEMORY_FORMAT)
+    )
+    encoder = model.encoder if shard is None else shard.encoder
     x1 = augment(images, gen)  # T1(I)
-    x2 = augment(images, gen)  # T2(I)
+    x2 = augment(key_images, gen)  # T2(I)
     with autocast(images.device):
-        q = model.encoder(x1)  # n×d
+        q = encoder(x1)  # n×d
         with torch.no_grad():
-            k = model.momentum_encoder(x2)  # n×d, no gradient to θ̃
-        terms = model.loss_terms(q.float(), k.float(), idx)
+            k = model.momentum_encoder(x2).float()  # n×d, no gradient to θ̃
+            keys, key_ids = (k, idx) if shard is None else shard.shuffle.gather_keys(k)
+            k = k if shard is None else keys[shard.shuffle.own]  # W·n×d → this rank's n×d
+        batch_ids = None if shard is None else key_ids
+        terms = model.loss_terms(q.float(), k, idx, batch_ids)
     optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
     optimizer.step()
-    model.enqueue(k.float(), idx)  # after the backward pass (SCL.md)
+    model.enqueue(keys, key_ids)  # after the backward pass (SCL.md); DDP: the global batch
     momentum_update(model.encoder, model.momentum_encoder, model.cfg.momentum)
     return LossTerms(*(t.detach() for t in (terms.total, terms.id, terms.cd, terms.instance)))
 
 
 @torch.no_grad()
-def predict(model: SCL, images: DeviceImages, temperature: float) -> Predictions:
-    """Encoder (eval mode) and every head on a non-augmented view of all N images.
+def predict(
+    model: SCL, images: DeviceImages, temperature: float, indices: Tensor | None = None
+) -> Predictions:
+    """Encoder (eval mode) and every head on a non-augmented view of all N images (or of
+    ``indices``, in their order).
 
     The memory's p̃ over all N is computed only for the "without online CD" ablation, the one
     label update that reads it.
@@ -94,7 +161,7 @@ def predict(model: SCL, images: DeviceImages, temperature: float) -> Predictions
     model.eval()
     feats, probs = [], {name: [] for name in model.tasks}
     mem_probs = {name: [] for name in model.tasks}
-    for idx, batch in images.sequential(PREDICT_BATCH):
+    for idx, batch in images.sequential(PREDICT_BATCH, indices):
         with autocast(batch.device):
             x = preprocess(batch).contiguous(memory_format=MEMORY_FORMAT)
             q = model.encoder(x).float()  # n×d
@@ -108,6 +175,35 @@ def predict(model: SCL, images: DeviceImages, temperature: float) -> Predictions
     cat = {name: torch.cat(v).numpy() for name, v in probs.items()}
     mem = {name: torch.cat(v).numpy() for name, v in mem_probs.items() if v}
     return Predictions(torch.cat(feats).numpy(), cat, mem)
+
+
+def predict_all(
+    model: SCL, images: DeviceImages, temperature: float, world: World = World()
+) -> Predictions:
+    """:func:`predict` of all N images; under DDP each rank predicts a contiguous share and the
+    shares are gathered, so every rank holds all N predictions in order."""
+    if not world.distributed:
+        return predict(model, images, temperature)
+    shares = torch.arange(len(images)).tensor_split(world.world_size)
+    part = predict(model, images, temperature, shares[world.rank])
+    sizes = [len(s) for s in shares]
+
+    def gather(a: np.ndarray) -> np.ndarray:
+        return all_gather_rows(torch.from_numpy(a), sizes).numpy()
+
+    probs = {name: gather(p) for name, p in part.probs.items()}
+    memory_probs = {name: gather(p) for name, p in part.memory_probs.items()}
+    return Predictions(gather(part.features), probs, memory_probs)
+
+
+def sync_buffers(model: SCL) -> None:
+    """Average the encoders' batch-norm statistics over the ranks (a no-op for one process).
+
+    Each rank's last forward updated them with its own batch; averaged, every rank predicts
+    with the same model, the one rank 0 saves.
+    """
+    buffers = [b for m in (model.encoder, model.momentum_encoder) for b in m.buffers()]
+    average_([b for b in buffers if b.is_floating_point()])
 
 
 def update_task_labels(model: SCL, preds: Predictions, min_size: int, seed: int) -> dict:
@@ -128,6 +224,11 @@ def update_task_labels(model: SCL, preds: Predictions, min_size: int, seed: int)
     return stats
 
 
+def global_batch_size(per_rank: int, num_images: int, world_size: int = 1) -> int:
+    """Per-rank batch × world size, with the per-rank batch capped at N / world size."""
+    return max(1, min(per_rank, num_images // world_size)) * world_size
+
+
 def epoch_order(num_images: int, batch_size: int, gen: torch.Generator) -> list[Tensor]:
     """A fresh permutation cut into full batches (the ragged tail is dropped, as in MoCo)."""
     perm = torch.randperm(num_images, generator=gen)
@@ -144,26 +245,33 @@ def run_epoch(
     step0: int,
     total_steps: int,
     callback: Callback,
+    replica: Replica | None = None,
 ) -> dict[str, float]:
     """Train over one permutation of the data; returns mean losses, lr and images/s.
 
-    gens: (order generator on the CPU, augmentation generator on the device).
+    gens: (order generator on the CPU, augmentation generator on the device). With ``replica``
+    (DDP) the batches are global (per-rank batch × world size, the same on every rank) and each
+    rank trains on its share; losses are averaged over the ranks, images/s counts all of them.
     """
     order_gen, aug_gen = gens
-    batch_size = min(cfg.optim.batch_size, len(images))
+    world = 1 if replica is None else replica.world.world_size
+    batch_size = global_batch_size(cfg.optim.batch_size, len(images), world)
     batches = epoch_order(len(images), batch_size, order_gen)
     sums = torch.zeros(4, device=images.device)
     start = time.perf_counter()
     lr = cfg.optim.lr
     for i, idx in enumerate(batches):
         lr = cosine_lr(step0 + i, total_steps, cfg.optim.lr)
-        terms = train_step(model, optimizer, images.batch(idx), idx, lr, aug_gen)
+        shard = None if replica is None else replica.shard(idx, images, order_gen)
+        own = idx if shard is None else shard.shuffle.query_ids
+        terms = train_step(model, optimizer, images.batch(own), own, lr, aug_gen, shard)
         sums += torch.stack([terms.total, terms.id, terms.cd, terms.instance])
         if callback is not None and (i % 10 == 9 or i == len(batches) - 1):
             callback(Progress("train", i + 1, len(batches), {"loss": float(terms.total)}))
     if images.device.type == "cuda":
         torch.cuda.synchronize(images.device)
     seconds = time.perf_counter() - start
+    average_([sums])
     means = (sums / len(batches)).tolist()
     return {
         "loss": means[0],

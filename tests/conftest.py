@@ -37,3 +37,32 @@ def copy_cifar_subset(data_root: Path, dst: Path, per_class: int) -> Path:
             for f in sorted(class_dir.iterdir())[:per_class]:
                 shutil.copy(f, dst / class_dir.name / f.name)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny run shared by the export, assign and report tests.
+
+    10 real CIFAR-10 images per class, k=4, 16 px, the small net, 3 epochs; ``fit`` wrote
+    model.onnx and report/ at its end. The source folder is ``config.json``'s source.
+    """
+    from imgcluster.config import RunConfig
+    from imgcluster.pipeline import fit
+
+    base = tmp_path_factory.getbasetemp()
+    source = copy_cifar_subset(data_root, tmp_path_factory.mktemp("tiny-source"), 10)
+    config = RunConfig().replace(
+        # The cache folder is set here: session fixtures run before the autouse one above.
+        data={
+            "source": str(source),
+            "image_size": 16,
+            "workers": 1,
+            "cache_dir": str(base / "cache"),
+        },
+        model={"backbone": "small"},
+        scl={"k": 4, "momentum": 0.99},
+        optim={"epochs": 3, "batch_size": 25, "device": "cpu"},
+    )
+    out = tmp_path_factory.mktemp("tiny-runs") / "tiny"
+    fit(config, out)
+    return out

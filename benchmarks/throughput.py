@@ -1,0 +1,206 @@
+"""Trainer overhead: the real SCL training step against the bare network step, side by side.
+
+``trainer``: :func:`imgcluster.train.train_step` on the model, optimiser and generators that
+:class:`imgcluster.pipeline.Trainer` builds (augmentation of both views, online and momentum
+encoders, every task's losses, SGD step, memory and queue updates, momentum update), on uint8
+batches gathered from the image cache.
+
+``bare``: the same encoder (backbone + projector, channels_last, as the trainer holds it) on a
+ready-made normalised tensor: online forward, momentum-encoder forward under ``no_grad``, a
+one-line loss, backward and an SGD step -- nothing else.
+
+``run_epoch``: :func:`imgcluster.train.run_epoch` over ``steps`` batches, the loop ``fit`` runs
+and whose ``images_per_s`` goes into history.jsonl (it adds the batch gather from the memory-
+mapped cache, the loss sums and the progress callback to the trainer block).
+
+After warm-up the three blocks alternate ``--rounds`` times in one process, so a busy machine
+slows them alike; the medians over rounds and the median of the per-round ratios are reported.
+
+    python benchmarks/throughput.py data/cifar10-test --backbone small --json
+    python benchmarks/throughput.py data/cifar10-test --backbone resnet18 --steps 3 --json
+
+Without a folder the images are random uint8 (the JSON says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+try:
+    import imgcluster  # noqa: F401
+except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from imgcluster.augment import augment
+from imgcluster.cache import ImageCache, build_cache
+from imgcluster.config import RunConfig
+from imgcluster.device import DeviceImages, resolve_device
+from imgcluster.model import Encoder, make_momentum_copy
+from imgcluster.pipeline import Trainer
+from imgcluster.scan import scan_folder
+from imgcluster.train import MEMORY_FORMAT, run_epoch, train_step
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder", nargs="?", type=Path, default=None, help="images (default: random)")
+    p.add_argument("--backbone", default="small", choices=("small", "resnet18", "resnet34"))
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    p.add_argument("--rounds", type=int, default=5, help="alternations of the blocks")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first")
+    p.add_argument("--images", type=int, default=10_000, help="at most this many images")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--cache-dir", type=Path, default=None, help="decode cache (default: temp)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    return p.parse_args(argv)
+
+
+def load_cache(args: argparse.Namespace, tmp: Path) -> tuple[ImageCache, str]:
+    """The decoded folder (first ``--images`` files), or random uint8 images of the same shape."""
+    size = args.image_size
+    if args.folder is not None:
+        paths = scan_folder(args.folder).paths[: args.images]
+        cache = build_cache(args.folder, paths, size, args.cache_dir or tmp)
+        return cache, f"folder ({len(cache.paths)} images)"
+    gen = np.random.default_rng(0)
+    images = gen.integers(0, 256, (args.images, 3, size, size), dtype=np.uint8)
+    paths = [f"random/{i}.png" for i in range(args.images)]
+    return ImageCache(images, paths, [], tmp / "random.npy", False), "random uint8"
+
+
+def make_trainer(args: argparse.Namespace, cache: ImageCache, device: torch.device) -> Trainer:
+    cfg = RunConfig().replace(
+        data={"image_size": args.image_size},
+        model={"backbone": args.backbone},
+        scl={"k": args.k},
+        optim={"batch_size": args.batch_size, "device": device.type},
+    )
+    return Trainer(cfg, cache, device)
+
+
+def trainer_block(trainer: Trainer, order: torch.Generator) -> Callable[[int], None]:
+    """``steps`` calls of the real train_step on random batches of the cache."""
+    n, batch, lr = len(trainer.images), trainer.batch, trainer.cfg.optim.lr
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            idx = torch.randperm(n, generator=order)[:batch]
+            images = trainer.images.batch(idx)
+            train_step(trainer.model, trainer.optimizer, images, idx, lr, trainer.aug_gen)
+
+    return run
+
+
+def epoch_block(trainer: Trainer, cache: ImageCache, steps: int) -> Callable[[int], float]:
+    """run_epoch over the first ``steps`` batches' worth of images; returns its images/s."""
+    subset = DeviceImages(cache.images[: steps * trainer.batch], trainer.device)
+    gens = (trainer.order_gen, trainer.aug_gen)
+
+    def run(_: int) -> float:
+        stats = run_epoch(
+            trainer.model, trainer.optimizer, subset, trainer.cfg, gens, 0, 10**6, lambda _: None
+        )
+        return stats["images_per_s"]
+
+    return run
+
+
+def bare_block(trainer: Trainer, cache: ImageCache) -> Callable[[int], None]:
+    """Forward, momentum forward, backward, SGD step of the same encoder on ready tensors."""
+    cfg, device, batch = trainer.cfg, trainer.device, trainer.batch
+    enc = Encoder(cfg.model.backbone, cfg.model.feature_dim, cfg.model.projector_bn)
+    enc.to(device, memory_format=MEMORY_FORMAT)
+    key = make_momentum_copy(enc)
+    opt = torch.optim.SGD(enc.parameters(), lr=0.03, momentum=0.9, weight_decay=5e-4)
+    raw = torch.from_numpy(np.array(cache.images[: 2 * batch])).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x1, x2 = (augment(v.contiguous(memory_format=MEMORY_FORMAT), gen) for v in raw.split(batch))
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            q = enc(x1)
+            with torch.no_grad():
+                k = key(x2)
+            loss = -(q * k).sum(dim=1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return run
+
+
+def timed(fn: Callable[[int], object], steps: int, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn(steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(args: argparse.Namespace) -> dict[str, object]:
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache, source = load_cache(args, Path(tmp))
+        trainer = make_trainer(args, cache, device)
+        blocks = {
+            "trainer": trainer_block(trainer, torch.Generator().manual_seed(1)),
+            "bare": bare_block(trainer, cache),
+        }
+        epoch = epoch_block(trainer, cache, args.steps)
+        for fn in blocks.values():
+            fn(args.warmup)
+        rates: dict[str, list[float]] = {"trainer": [], "bare": [], "run_epoch": []}
+        for _ in range(args.rounds):
+            for name, fn in blocks.items():
+                rates[name].append(args.steps * trainer.batch / timed(fn, args.steps, device))
+            rates["run_epoch"].append(epoch(0))
+    med = {name: statistics.median(v) for name, v in rates.items()}
+    ratios = [t / b for t, b in zip(rates["trainer"], rates["bare"], strict=True)]
+    return {
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "batch_size": trainer.batch,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "images": source,
+        "steps_per_block": args.steps,
+        "rounds": args.rounds,
+        "trainer_images_per_s": round(med["trainer"], 1),
+        "bare_images_per_s": round(med["bare"], 1),
+        "run_epoch_images_per_s": round(med["run_epoch"], 1),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratio_of_medians": round(med["trainer"] / med["bare"], 3),
+        "per_round": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    result = measure(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, value in result.items():
+            print(f"{name:>24}: {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The HTML report: every file it references exists, its images are real PNGs, it opens offline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from imgcluster import rundir
+
+
+class Links(HTMLParser):
+    """Every src= and href= of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.refs += [v for k, v in attrs if k in ("src", "href") and v is not None]
+
+
+def references(page: Path) -> list[str]:
+    parser = Links()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser.refs
+
+
+def check_page(page: Path) -> list[str]:
+    """Assert that every reference is relative and exists; return the files referenced."""
+    files = []
+    for ref in references(page):
+        if ref.startswith("#"):
+            continue
+        url = urlparse(ref)
+        assert not url.scheme and not url.netloc and not ref.startswith("/"), ref  # offline
+        target = page.parent / unquote(url.path)
+        assert target.is_file(), ref
+        files.append(target.name)
+    return files
+
+
+def test_fit_writes_a_report_whose_links_all_exist(tiny_run: Path):
+    page = tiny_run / "report" / "index.html"
+    files = check_page(page)
+    for name in ("tsne.png", "sizes.png", "training.png", "labels.png", "assignments.csv"):
+        assert name in files
+    sizes = [0] * 4
+    for c in rundir.read_assignments(tiny_run / "assignments.csv")[1]:
+        sizes[c] += 1
+    for c, n in enumerate(sizes):
+        assert (f"cluster_{c:02d}_top.png" in files) == (n > 0)
+        assert f"id='cluster-{c}'" in page.read_text(encoding="utf-8")
+    for name in files:
+        if name.endswith(".png"):
+            with Image.open(page.parent / name) as im:
+                im.verify()
+
+
+def test_report_command_redraws(tiny_run: Path, tmp_path: Path):
+    from imgcluster.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "report")
+    result = CliRunner().invoke(app, ["report", "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    check_page(run / "report" / "index.html")
+
+
+def test_report_without_the_images_still_opens(tiny_run: Path, tmp_path: Path):
+    """The source folder moved away: no t-SNE, grey tiles, a note, and no broken link."""
+    from imgcluster.reporting import report
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("report"))
+    config = rundir.read_json(run / rundir.CONFIG)
+    config["data"]["source"] = str(tmp_path / "moved-away")
+    (run / rundir.CONFIG).write_text(json.dumps(config))
+    result = report(run)
+    files = check_page(result.path)
+    assert "tsne.png" not in files and any(f.endswith("_top.png") for f in files)
+    assert result.notes and "t-SNE" in result.notes[0]
