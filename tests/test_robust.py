@@ -134,7 +134,8 @@ def test_interrupted_export_rerun_leaves_one_copy_each(
     def dies_midway(source: Path, tmp: Path, mode: str) -> None:
         calls.append(tmp)
         real(source, tmp, mode)
-        if len(calls) == 7:
+        # ">=": copies run in threads, so two may append before either reads the length.
+        if len(calls) >= 7:
             raise KeyboardInterrupt  # as if killed while the temporary file exists
 
     monkeypatch.setattr(folders, "_materialise", dies_midway)
