@@ -33,7 +33,7 @@ _LAZY = {
     "RunConfig": ("imgcluster.config", "RunConfig"),
     "fit": ("imgcluster.pipeline", "fit"),
     "score": ("imgcluster.metrics", "score"),
-    "evaluate": ("imgcluster.evaluate", "evaluate"),
+    "evaluate": ("imgcluster.scoring", "evaluate"),
     "export_onnx": ("imgcluster.export", "export_onnx"),
     "assign": ("imgcluster.assignment", "assign"),
     "report": ("imgcluster.reporting", "report"),
@@ -45,5 +45,7 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value  # later lookups skip this hook
+        return value
     raise AttributeError(f"module 'imgcluster' has no attribute {name!r}")

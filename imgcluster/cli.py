@@ -505,8 +505,8 @@ def evaluate(
     ),
 ) -> None:
     """Score clusters against true labels: ACC (Hungarian), NMI, ARI, confusion matrix."""
-    from imgcluster.evaluate import evaluate as evaluate_run
     from imgcluster.rundir import RunError
+    from imgcluster.scoring import evaluate as evaluate_run
 
     try:
         result = evaluate_run(labels, run=run, assignments=assignments, plot=plot)

@@ -5,7 +5,7 @@ Accepted: a header row naming a path column (``path``, ``filepath``, ``file``, `
 or without a byte-order mark; comma- or tab-separated (told apart by the header row). Blank lines
 are ignored. Anything else is a :class:`imgcluster.rundir.RunError` with a one-line message that
 names the file and, for a bad row, its line number. How the paths are matched to images is
-:mod:`imgcluster.evaluate`'s business.
+:mod:`imgcluster.scoring`'s business.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from imgcluster import rundir
 from imgcluster.cli import app
-from imgcluster.evaluate import evaluate, plot_confusion
+from imgcluster.scoring import evaluate, plot_confusion
 
 PATHS = ["cat/0.jpg", "cat/1.jpg", "dog/0.jpg", "dog/1.jpg", "bird/0.jpg", "bird/1.jpg"]
 CLUSTERS = [2, 2, 0, 0, 1, 0]  # one bird in the dogs' cluster: ACC 5/6
@@ -244,3 +244,10 @@ def test_library_api_matches_the_metrics(run: Path, tmp_path: Path):
 def test_plot_confusion_rejects_an_unknown_format(tmp_path: Path):
     with pytest.raises(rundir.RunError, match="cannot write plot"):
         plot_confusion(np.array([0, 1]), np.array(["a", "b"]), tmp_path / "c.xyz")
+
+
+def test_package_evaluate_is_the_function_whatever_was_imported_first() -> None:
+    import imgcluster
+    import imgcluster.scoring  # noqa: F401  (a submodule import must not shadow the API)
+
+    assert callable(imgcluster.evaluate) and imgcluster.evaluate is imgcluster.scoring.evaluate
