@@ -40,7 +40,7 @@ _POOL_MIN_SECONDS = 1.0
 _log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-_ChunkResult = tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]
+ChunkResult = tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]
 
 
 @dataclass
@@ -332,7 +332,7 @@ def _decode_all(
 
 def _decode_chunks(
     root: str, paths: Sequence[str], size: int, workers: int | None
-) -> Iterator[_ChunkResult]:
+) -> Iterator[ChunkResult]:
     """Yield decoded chunks: from a process pool, or in this process.
 
     The first chunk is always decoded here and timed; the pool is only started when the rest
@@ -340,19 +340,19 @@ def _decode_chunks(
     If the pool cannot start or breaks (e.g. ``__main__`` cannot be re-imported by the worker,
     or process creation is not allowed), the chunks not yet received are decoded here instead.
     """
-    n_workers = max(1, workers if workers is not None else _usable_cpus())
+    n_workers = max(1, workers if workers is not None else usable_cpus())
     chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, math.ceil(len(paths) / (4 * n_workers))))
     remaining = dict.fromkeys(range(0, len(paths), chunk))  # ordered set of chunk starts
     if n_workers > 1 and len(remaining) > 1:
         began = time.perf_counter()
-        first = _decode_chunk(root, list(paths[:chunk]), 0, size)
+        first = decode_chunk(root, list(paths[:chunk]), 0, size)
         serial_rest = (time.perf_counter() - began) / chunk * (len(paths) - chunk)
         del remaining[0]
         yield first
         if serial_rest > _POOL_MIN_SECONDS:
             yield from _pool_or_fallback(root, paths, size, chunk, remaining, n_workers)
     for start in remaining:
-        yield _decode_chunk(root, list(paths[start : start + chunk]), start, size)
+        yield decode_chunk(root, list(paths[start : start + chunk]), start, size)
 
 
 def _pool_or_fallback(
@@ -362,7 +362,7 @@ def _pool_or_fallback(
     chunk: int,
     remaining: dict[int, None],
     n_workers: int,
-) -> Iterator[_ChunkResult]:
+) -> Iterator[ChunkResult]:
     """Decode chunks in a pool, deleting each received start from ``remaining``."""
     n_workers = min(n_workers, len(remaining))
     try:
@@ -373,7 +373,7 @@ def _pool_or_fallback(
         _log.warning("decode workers failed (%s); decoding in this process", exc)
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
     """CPUs this process may run on (less than ``os.cpu_count()`` under an affinity mask)."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
@@ -382,16 +382,16 @@ def _usable_cpus() -> int:
 
 def _pool_chunks(
     root: str, paths: Sequence[str], size: int, chunk: int, starts: list[int], n_workers: int
-) -> Iterator[tuple[int, _ChunkResult]]:
+) -> Iterator[tuple[int, ChunkResult]]:
     """Run chunks in worker processes, at most ``2 * n_workers`` in flight (bounded RAM)."""
     pending = iter(starts)
-    pool = cf.ProcessPoolExecutor(n_workers, mp_context=_mp_context(), initializer=_worker_init)
-    in_flight: dict[cf.Future[_ChunkResult], int] = {}
+    pool = cf.ProcessPoolExecutor(n_workers, mp_context=worker_context(), initializer=ignore_sigint)
+    in_flight: dict[cf.Future[ChunkResult], int] = {}
     try:
         while True:
             for start in itertools.islice(pending, 2 * n_workers - len(in_flight)):
                 batch = list(paths[start : start + chunk])
-                in_flight[pool.submit(_decode_chunk, root, batch, start, size)] = start
+                in_flight[pool.submit(decode_chunk, root, batch, start, size)] = start
             if not in_flight:
                 return
             finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
@@ -401,22 +401,22 @@ def _pool_chunks(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """'forkserver' where available, else 'spawn'.
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Decode workers' start method: 'forkserver' where available, else 'spawn'.
 
-    Plain 'fork' is avoided: the parent usually has torch (and its thread pools) loaded, and
-    forking a multi-threaded process can deadlock the child.
+    Plain 'fork' is avoided: the parent usually has torch or onnxruntime (and their thread pools)
+    loaded, and forking a multi-threaded process can deadlock the child.
     """
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     return multiprocessing.get_context(method)
 
 
-def _worker_init() -> None:
+def ignore_sigint() -> None:
     """Leave Ctrl-C to the parent, which shuts the pool down; avoids a traceback per worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _decode_chunk(root: str, paths: list[str], start: int, size: int) -> _ChunkResult:
+def decode_chunk(root: str, paths: list[str], start: int, size: int) -> ChunkResult:
     """Decode ``paths`` (rows ``start...``): indices and images of successes, and failures."""
     indices: list[int] = []
     images = np.empty((len(paths), 3, size, size), dtype=np.uint8)

@@ -261,29 +261,35 @@ def run_fit(config: RunConfig, out: Path | None, resume: bool, report: bool = Tr
     return None
 
 
+def progress_bars(con: Console, *extra: Any) -> Any:
+    """A rich Progress: description, bar, n/total, elapsed, remaining, then ``extra`` columns."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        *extra,
+        console=con,
+    )
+
+
 class FitProgress:
     """Rich progress bars for fit's callback: decode, epochs (loss, images/s, ETA), labels."""
 
     def __init__(self, con: Console) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import TextColumn
 
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=con,
-            transient=False,
-        )
+        self.bar = progress_bars(con, TextColumn("{task.fields[info]}"))
         self.tasks: dict[str, Any] = {}
         self.run_dir: str | None = None
 
@@ -404,23 +410,7 @@ class StageBars:
     """One rich progress bar per stage, for library callbacks ``(stage, done, total)``."""
 
     def __init__(self, con: Console) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=con,
-        )
+        self.bar = progress_bars(con)
         self.tasks: dict[str, Any] = {}
 
     def __enter__(self) -> StageBars:

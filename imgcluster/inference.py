@@ -13,9 +13,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import itertools
-import multiprocessing
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,12 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcluster.cache import find_cache
-from imgcluster.decode import DecodeError, decode_image
+from imgcluster.cache import (
+    ChunkResult,
+    decode_chunk,
+    find_cache,
+    ignore_sigint,
+    usable_cpus,
+    worker_context,
+)
 from imgcluster.onnxmodel import OnnxModel
 
 Progress = Callable[[int, int], None]
-_Chunk = tuple[list[int], np.ndarray, list[tuple[int, str]]]  # rows, images, (row, reason)
 
 _CHUNK = 32  # files per worker task: small enough to balance, large enough to amortise pickling
 # A pool costs ~0.5-1.5 s to start (forkserver + numpy/Pillow imports): only worth it beyond.
@@ -97,7 +99,7 @@ def _predict_cached(
 def _predict_stream(
     model: OnnxModel,
     paths: Sequence[str],
-    chunks: Iterator[_Chunk],
+    chunks: Iterator[ChunkResult],
     batch_size: int,
     progress: Progress | None,
 ) -> Predicted:
@@ -135,7 +137,9 @@ def _stack(
     return np.concatenate(probs), np.concatenate(embs)
 
 
-def decoded_chunks(root: str, paths: Sequence[str], size: int, workers: int) -> Iterator[_Chunk]:
+def decoded_chunks(
+    root: str, paths: Sequence[str], size: int, workers: int
+) -> Iterator[ChunkResult]:
     """Decoded chunks of ``paths`` in order.
 
     The first chunk is decoded here and timed; a pool starts only when the rest would take
@@ -162,12 +166,12 @@ def decoded_chunks(root: str, paths: Sequence[str], size: int, workers: int) -> 
 
 def _pool_chunks(
     root: str, paths: Sequence[str], size: int, starts: list[int], workers: int
-) -> Iterator[_Chunk]:
+) -> Iterator[ChunkResult]:
     """Chunks decoded by ``workers`` processes, yielded in order, a bounded number in flight."""
-    context = multiprocessing.get_context(_start_method())
-    in_flight: collections.deque[cf.Future[_Chunk]] = collections.deque()
+    context = worker_context()
+    in_flight: collections.deque[cf.Future[ChunkResult]] = collections.deque()
     pending = iter(starts)
-    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=ignore_sigint) as pool:
         try:
             while True:
                 # Enough queued work for the decoders to stay busy through one inference batch.
@@ -180,36 +184,3 @@ def _pool_chunks(
         finally:
             for future in in_flight:
                 future.cancel()
-
-
-def decode_chunk(root: str, paths: list[str], start: int, size: int) -> _Chunk:
-    """Decode ``paths`` (rows ``start…``): rows and images of successes, and the failures."""
-    rows: list[int] = []
-    images = np.empty((len(paths), 3, size, size), dtype=np.uint8)
-    failures: list[tuple[int, str]] = []
-    for offset, rel in enumerate(paths):
-        try:
-            images[len(rows)] = decode_image(os.path.join(root, rel), size)
-        except DecodeError as exc:
-            failures.append((start + offset, str(exc)))
-            continue
-        rows.append(start + offset)
-    return rows, images[: len(rows)], failures
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (fewer than ``os.cpu_count()`` under an affinity mask)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
-def _start_method() -> str:
-    """'forkserver' where available, else 'spawn': never fork a process running onnxruntime's
-    thread pool (a forked multi-threaded process can deadlock)."""
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-
-
-def _worker_init() -> None:
-    """Leave Ctrl-C to the parent, which shuts the pool down (no traceback per worker)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
