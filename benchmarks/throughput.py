@@ -7,7 +7,8 @@ batches gathered from the image cache.
 
 ``bare``: the same encoder (backbone + projector, channels_last, as the trainer holds it) on a
 ready-made normalised tensor: online forward, momentum-encoder forward under ``no_grad``, a
-one-line loss, backward and an SGD step -- nothing else.
+one-line loss, backward and an SGD step -- nothing else (under the trainer's bf16 autocast on a
+GPU, so both sides do their arithmetic in the same precision).
 
 ``run_epoch``: :func:`imgcluster.train.run_epoch` over ``steps`` batches, the loop ``fit`` runs
 and whose ``images_per_s`` goes into history.jsonl (it adds the batch gather from the memory-
@@ -19,7 +20,9 @@ slows them alike; the medians over rounds and the median of the per-round ratios
     python benchmarks/throughput.py data/cifar10-test --backbone small --json
     python benchmarks/throughput.py data/cifar10-test --backbone resnet18 --steps 3 --json
 
-Without a folder the images are random uint8 (the JSON says which).
+Without a folder the images are random uint8 (the JSON says which). On a GPU, ``--sync-check``
+also runs a few trainer steps under ``torch.cuda.set_sync_debug_mode("warn")`` and reports how
+many host-device synchronisations one step makes, and where (the goal is none).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +48,7 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
 from imgcluster.augment import augment
 from imgcluster.cache import ImageCache, build_cache
 from imgcluster.config import RunConfig
-from imgcluster.device import DeviceImages, resolve_device
+from imgcluster.device import DeviceImages, autocast, resolve_device
 from imgcluster.model import Encoder, make_momentum_copy
 from imgcluster.pipeline import Trainer
 from imgcluster.scan import scan_folder
@@ -65,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--cache-dir", type=Path, default=None, help="decode cache (default: temp)")
+    p.add_argument("--sync-check", action="store_true", help="count host syncs per step (GPU)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     return p.parse_args(argv)
 
@@ -132,15 +137,31 @@ def bare_block(trainer: Trainer, cache: ImageCache) -> Callable[[int], None]:
 
     def run(steps: int) -> None:
         for _ in range(steps):
-            q = enc(x1)
-            with torch.no_grad():
-                k = key(x2)
-            loss = -(q * k).sum(dim=1).mean()
+            with autocast(device):
+                q = enc(x1)
+                with torch.no_grad():
+                    k = key(x2)
+                loss = -(q.float() * k.float()).sum(dim=1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
     return run
+
+
+def sync_sites(trainer: Trainer, steps: int = 3) -> dict[str, object]:
+    """Host-device synchronisations in ``steps`` trainer steps on a GPU: count and call sites."""
+    run = trainer_block(trainer, torch.Generator().manual_seed(2))
+    torch.cuda.synchronize(trainer.device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run(steps)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sites = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in caught})
+    return {"host_syncs_per_step": len(caught) / steps, "sync_sites": sites}
 
 
 def timed(fn: Callable[[int], object], steps: int, device: torch.device) -> float:
@@ -165,6 +186,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         epoch = epoch_block(trainer, cache, args.steps)
         for fn in blocks.values():
             fn(args.warmup)
+        syncs = sync_sites(trainer) if args.sync_check and device.type == "cuda" else {}
         rates: dict[str, list[float]] = {"trainer": [], "bare": [], "run_epoch": []}
         for _ in range(args.rounds):
             for name, fn in blocks.items():
@@ -187,6 +209,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         "ratio": round(statistics.median(ratios), 3),
         "ratio_of_medians": round(med["trainer"] / med["bare"], 3),
         "per_round": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+        **syncs,
     }
 
 

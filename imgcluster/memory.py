@@ -56,20 +56,24 @@ class SemanticMemory(nn.Module):
         """Push each key into the bank of its label, dropping the oldest (FIFO).
 
         keys: n×d (l2-normalised), labels: n (long, in [0, C)), ids: n image indices.
-        Vectorised, no host sync: a
-        key's slot is its bank's pointer plus its rank among the batch's keys of that bank;
-        when a batch brings more than B keys for one bank only its last B are written.
+        Vectorised, with no host sync: a key's slot is its bank's pointer plus its rank among
+        the batch's keys of that bank; when a batch brings more than B keys for one bank only
+        its last B are written.
         """
         keys = keys.to(self.banks.dtype)
-        counts = torch.bincount(labels, minlength=self.num_banks)  # C
+        # index_add_, not bincount: CUDA's bincount reads the largest label on the host.
+        counts = torch.zeros_like(self.ptr).index_add_(0, labels, torch.ones_like(labels))  # C
         order = torch.sort(labels, stable=True).indices  # keys grouped by bank, arrival order kept
-        sorted_labels = labels[order]
+        bank = labels[order]
         starts = torch.cumsum(counts, 0) - counts  # C, first position of each bank's group
-        rank = torch.arange(labels.numel(), device=labels.device) - starts[sorted_labels]
-        keep = rank >= (counts[sorted_labels] - self.bank_size)  # only the newest B per bank
-        slot = (self.ptr[sorted_labels] + rank) % self.bank_size
-        self.banks[sorted_labels[keep], slot[keep]] = keys[order[keep]]
-        self.ids[sorted_labels[keep], slot[keep]] = ids[order[keep]]
+        rank = torch.arange(labels.numel(), device=labels.device) - starts[bank]
+        slot = (self.ptr[bank] + rank) % self.bank_size
+        # Keys whose ranks differ by a multiple of B share a slot; all of them write the newest
+        # one's key, so the duplicate writes agree and no boolean mask (a host sync) is needed.
+        newest = rank + self.bank_size * ((counts[bank] - 1 - rank) // self.bank_size)
+        source = order[starts[bank] + newest]
+        self.banks[bank, slot] = keys[source]
+        self.ids[bank, slot] = ids[source]
         self.ptr.copy_((self.ptr + counts) % self.bank_size)
 
 

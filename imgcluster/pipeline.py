@@ -25,7 +25,7 @@ from imgcluster import __version__
 from imgcluster import rundir as rd
 from imgcluster.cache import ImageCache, build_cache, cache_dir_default, default_image_size
 from imgcluster.config import RunConfig
-from imgcluster.device import DeviceImages, resolve_device
+from imgcluster.device import DeviceImages, resolve_device, use_fast_kernels
 from imgcluster.distributed import (
     World,
     broadcast_,
@@ -37,6 +37,7 @@ from imgcluster.distributed import (
     process_group,
 )
 from imgcluster.kmeans import kmeans
+from imgcluster.metrics import score
 from imgcluster.scan import scan_folder
 from imgcluster.schedule import epochs_for_budget, steps_per_epoch, total_steps_for
 from imgcluster.scl import CLUSTERING, SCL
@@ -54,6 +55,10 @@ from imgcluster.train import (
     sync_buffers,
     update_task_labels,
 )
+
+# What a source loads as: the config with the facts found, the decoded images and, for a
+# benchmark set, each image's class.
+Loaded = tuple[RunConfig, ImageCache, "np.ndarray | None"]
 
 # Settings a checkpoint cannot survive a change of (they fix the shapes of its state).
 STRUCTURAL = (
@@ -109,11 +114,12 @@ def check_resumable(saved: RunConfig, current: RunConfig) -> None:
             )
 
 
-def load_images(cfg: RunConfig, out: Path, callback: Callback) -> tuple[RunConfig, ImageCache]:
+def load_images(cfg: RunConfig, out: Path, callback: Callback) -> Loaded:
     """Scan the source, choose the image size, decode once into the cache.
 
     A benchmark set (``data.benchmark``) comes from :mod:`imgcluster.datasets` instead, and its
-    labels are written into the run directory (labels.csv) for ``eval``.
+    labels are written into the run directory (labels.csv) for ``eval`` and returned, so each
+    epoch's clusters can be scored (history.jsonl); a folder has none.
     """
     if cfg.data.benchmark:
         return load_benchmark(cfg, out, callback)
@@ -140,7 +146,7 @@ def load_images(cfg: RunConfig, out: Path, callback: Callback) -> tuple[RunConfi
         raise rd.RunError(f"cannot write the decode cache {where}: {e.strerror or e}") from e
     cache.skipped = sorted(scan.skipped + cache.skipped)
     check_enough_images(len(cache.paths), cfg.scl.k, root)
-    return cfg.replace(data={"image_size": size}), cache
+    return cfg.replace(data={"image_size": size}), cache, None
 
 
 def check_enough_images(n: int, k: int, root: Path) -> None:
@@ -150,7 +156,7 @@ def check_enough_images(n: int, k: int, root: Path) -> None:
         )
 
 
-def load_benchmark(cfg: RunConfig, out: Path, callback: Callback) -> tuple[RunConfig, ImageCache]:
+def load_benchmark(cfg: RunConfig, out: Path, callback: Callback) -> Loaded:
     """The benchmark's images into the cache and its labels into ``out``/labels.csv; the
     config's source becomes the folder they were read from."""
     from imgcluster import datasets
@@ -172,7 +178,7 @@ def load_benchmark(cfg: RunConfig, out: Path, callback: Callback) -> tuple[RunCo
         rd.write_labels(out / rd.LABELS, cache.paths, bench.labels)
     size = int(cache.images.shape[-1])
     data = {"image_size": size, "source": str(bench.root), "data_root": str(bench.data_root)}
-    return cfg.replace(data=data), cache
+    return cfg.replace(data=data), cache, np.asarray(bench.labels)
 
 
 def prepare_out_dir(cfg: RunConfig, out: Path | None, resume: bool) -> Path:
@@ -203,12 +209,20 @@ class Trainer:
     """The run's mutable state (model, optimiser, generators, epoch counters) and its epochs.
 
     Under DDP (``world``) every rank holds one, identical but for its augmentation generator.
+    ``truth``: the classes of the images, when known (a benchmark set): every epoch's clusters
+    are then scored against them (ACC, NMI, ARI in the history record).
     """
 
     def __init__(
-        self, cfg: RunConfig, cache: ImageCache, device: torch.device, world: World = World()
+        self,
+        cfg: RunConfig,
+        cache: ImageCache,
+        device: torch.device,
+        world: World = World(),
+        truth: np.ndarray | None = None,
     ) -> None:
-        self.cfg, self.device, self.world = cfg, device, world
+        self.cfg, self.device, self.world, self.truth = cfg, device, world, truth
+        use_fast_kernels(device)
         torch.manual_seed(cfg.optim.seed)
         n = len(cache.paths)
         self.model = SCL(
@@ -285,7 +299,17 @@ class Trainer:
             self.last_predictions = self.predict()
             task_stats = self.update_labels(cfg.optim.seed + self.epoch)
         self.epoch += 1
-        return history_record(self.epoch, stats, task_stats, time.perf_counter() - started)
+        record = history_record(self.epoch, stats, task_stats, time.perf_counter() - started)
+        return {**record, **self.scores()}
+
+    def scores(self) -> dict[str, float]:
+        """ACC, NMI and ARI of the clustering head's argmax on the last predictions, when the
+        classes are known; else nothing."""
+        preds = self.last_predictions
+        if self.truth is None or preds is None or CLUSTERING not in preds.probs:
+            return {}
+        s = score(preds.probs[CLUSTERING].argmax(axis=1), self.truth)
+        return {"acc": s.acc, "nmi": s.nmi, "ari": s.ari}
 
     def predict(self) -> Predictions:
         """All N images through the final model; under DDP each rank predicts a share."""
@@ -404,14 +428,14 @@ def _fit_rank(
         config = _resumed_config(config, state)
     config = config.replace(model={"backbone": resolve_backbone(config.model.backbone, device)})
     loaded = config
-    config, cache = main_first(lambda: load_images(loaded, out, callback))  # one decode
+    config, cache, truth = main_first(lambda: load_images(loaded, out, callback))  # one decode
     if len(cache.paths) < 2 * world.world_size:  # a batch of at least 2 on every rank
         raise rd.RunError(f"{len(cache.paths)} images cannot feed {world.world_size} processes")
     if world.is_main:
         meta = {"version": __version__, "world_size": world.world_size}
         rd.write_json(out / rd.CONFIG, {**config.to_dict(), **meta})
         rd.write_skipped(out / rd.SKIPPED, cache.skipped)
-    trainer = Trainer(config, cache, device, world)
+    trainer = Trainer(config, cache, device, world, truth)
     history = _start_history(trainer, out, state)
     _train(trainer, out, history, start, callback, budgeted=state is None)
     clusters, confidence = np.zeros(0, dtype=np.int64), np.zeros(0)  # other ranks: no result
@@ -522,7 +546,10 @@ def _train(
             trainer.epochs_total = broadcast_object(epochs_total)  # rank 0's clock decides
         world_size = trainer.world.world_size
         record.update(
-            epochs_total=trainer.epochs_total, device=str(trainer.device), world_size=world_size
+            epochs_total=trainer.epochs_total,
+            device=str(trainer.device),
+            world_size=world_size,
+            elapsed_seconds=time.perf_counter() - start,  # since fit began, decoding included
         )
         history.append(record)
         state = trainer.state()  # every rank: under DDP it gathers the ranks' generators
