@@ -3,8 +3,8 @@
 Runs ``imgcluster fit <set> --data-root DIR`` through the real command line, scores the run with
 ``imgcluster eval --json`` (the set's labels are kept in the run directory), and inserts a row
 under that set's Table 1 row in docs/benchmarks.md: ACC / NMI / ARI, images, epochs, settings,
-wall time and device. While the run trains, each epoch's checkpoint is scored too (the
-'clustering' task's pseudo labels), giving the minutes it took to reach each ACC level.
+wall time and device, and, from history.jsonl's per-epoch scores, the minutes it took to reach
+each ACC level.
 
     python benchmarks/reproduce.py cifar10 --data-root DATA --minutes 30 --momentum 0.99
     python benchmarks/reproduce.py cifar10 --data-root DATA --note "GPU, paper settings"
@@ -25,12 +25,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-
 from imgcluster import rundir
 from imgcluster.datasets import BENCHMARKS
-from imgcluster.labelfile import read_labels
-from imgcluster.metrics import cluster_accuracy
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- table1:begin -->", "<!-- table1:end -->"
@@ -51,60 +47,31 @@ HEADER = (
 )
 
 
-class AccTracker:
-    """Scores each new checkpoint's 'clustering' pseudo labels against the run's labels."""
+def reached(history: list[dict]) -> str:
+    """'0.3: 1.2, 0.4: 5.0' — the first minute at which the run's ACC reached each level.
 
-    def __init__(self, run: Path, start: float) -> None:
-        self.run, self.start = run, start
-        self.seen_mtime = 0.0
-        self.curve: list[tuple[int, float, float]] = []  # (epoch, minutes, ACC)
-        self.classes: np.ndarray | None = None
-
-    def poll(self) -> None:
-        ckpt = self.run / rundir.CHECKPOINT
-        if not ckpt.exists() or ckpt.stat().st_mtime == self.seen_mtime:
-            return
-        self.seen_mtime = ckpt.stat().st_mtime
-        if self.classes is None and (self.run / rundir.LABELS).exists():
-            self.classes = np.array(
-                [label for _, label in read_labels(self.run / "labels.csv").rows]
-            )
-        try:
-            state = rundir.load_checkpoint(ckpt)
-        except rundir.RunError:
-            return  # replaced while being read: the next poll sees the new one
-        labels = state["model"].get("tasks.clustering.labels")
-        if labels is None or self.classes is None or len(labels) != len(self.classes):
-            return
-        acc = cluster_accuracy(labels.numpy(), self.classes)
-        self.curve.append((int(state["epoch"]), (self.seen_mtime - self.start) / 60, acc))
-
-    def reached(self) -> str:
-        """'0.3: 1.2, 0.4: 5.0' — the first minute at which each ACC level was reached."""
-        parts = []
-        for level in LEVELS:
-            first = next((m for _, m, acc in self.curve if acc >= level), None)
-            if first is not None:
-                parts.append(f"{level:.1f}: {first:.1f}")
-        return ", ".join(parts) or "–"
+    Read from history.jsonl, whose lines on a benchmark set score each epoch's clusters and
+    count the seconds since ``fit`` began (decoding included).
+    """
+    parts = []
+    for level in LEVELS:
+        first = next((h["elapsed_seconds"] / 60 for h in history if h.get("acc", 0) >= level), None)
+        if first is not None:
+            parts.append(f"{level:.1f}: {first:.1f}")
+    return ", ".join(parts) or "–"
 
 
-def run_fit(args: argparse.Namespace, extra: list[str]) -> tuple[float, AccTracker]:
-    """``imgcluster fit`` in a subprocess, scoring checkpoints as they appear."""
+def run_fit(args: argparse.Namespace, extra: list[str]) -> float:
+    """``imgcluster fit`` in a subprocess; returns its wall seconds."""
     cmd = [sys.executable, "-m", "imgcluster", "fit", args.set, "--data-root", str(args.data_root),
            "--out", str(args.out), *extra]  # fmt: skip
     if args.minutes:
         cmd += ["--time-budget", str(args.minutes)]
     start = time.time()
-    tracker = AccTracker(args.out, start)
-    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL) as proc:
-        while proc.poll() is None:
-            time.sleep(2)
-            tracker.poll()
-    tracker.poll()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL)
     if proc.returncode:
         sys.exit(f"fit failed (exit {proc.returncode}): {' '.join(cmd)}")
-    return time.time() - start, tracker
+    return time.time() - start
 
 
 def evaluate(run: Path) -> dict:
@@ -132,13 +99,12 @@ def settings(run: Path, args: argparse.Namespace, extra: list[str]) -> str:
     return ", ".join(parts) + (f"; `{' '.join(extra)}`" if extra else "")
 
 
-def result_row(args: argparse.Namespace, extra: list[str], wall: float, tracker: AccTracker) -> str:
+def result_row(args: argparse.Namespace, extra: list[str], wall: float, history: list[dict]) -> str:
     scores = evaluate(args.out)
-    history = rundir.read_history(args.out / rundir.HISTORY)
     label = f"{date.today()}" + (f" {args.note}" if args.note else "")
     cells = [args.set, label, f"{scores['acc']:.3f}", f"{scores['nmi']:.3f}",
              f"{scores['ari']:.3f}", f"{scores['n']:,}", str(len(history)), f"{wall / 60:.1f}",
-             device_name(history), settings(args.out, args, extra), tracker.reached()]  # fmt: skip
+             device_name(history), settings(args.out, args, extra), reached(history)]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 
 
@@ -174,9 +140,11 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the row, change no file")
     args, extra = parser.parse_known_args()
     args.out = args.out or Path("runs") / f"bench-{args.set}-{time.strftime('%Y%m%d-%H%M%S')}"
-    wall, tracker = run_fit(args, extra)
-    row = result_row(args, extra, wall, tracker)
-    print(json.dumps({"curve": tracker.curve}))
+    wall = run_fit(args, extra)
+    history = rundir.read_history(args.out / rundir.HISTORY)
+    row = result_row(args, extra, wall, history)
+    curve = [(h["epoch"], round(h["elapsed_seconds"] / 60, 2), h.get("acc")) for h in history]
+    print(json.dumps({"curve": curve}))
     print(row)
     if not args.dry_run:
         args.doc.write_text(insert_row(args.doc.read_text(encoding="utf-8"), args.set, row))

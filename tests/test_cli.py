@@ -61,6 +61,9 @@ def test_fit_writes_the_run_directory(trained: Path):
     for key in ("loss_id", "loss_cd", "lr", "cluster_sizes", "label_flips", "images_per_s",
                 "label_update_seconds", "seconds"):  # fmt: skip
         assert key in history[-1]
+    assert "acc" not in history[-1]  # a folder's classes are unknown: nothing to score
+    elapsed = [h["elapsed_seconds"] for h in history]
+    assert elapsed == sorted(elapsed) and elapsed[0] >= history[0]["seconds"]
     assert sum(history[-1]["cluster_sizes"]) == 10 * PER_CLASS
     assert history[0]["label_flips"] > 0  # random initial labels were replaced
     assigned = read_assignments(trained / "assignments.csv")

@@ -221,7 +221,13 @@ def test_fit_and_eval_a_benchmark(cifar_folders: Path, tmp_path: Path):
     assert labels[0] == "path,label" and len(labels) == 41 and len(paths) == 40
     evaluated = CliRunner().invoke(app, ["eval", "--run", str(out), "--json"])
     assert evaluated.exit_code == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["n"] == 40
+    scores = json.loads(evaluated.stdout)
+    assert scores["n"] == 40
+    # The history scores each epoch; the last epoch's clusters are the run's assignments.
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    for key in ("acc", "nmi", "ari"):
+        assert history[-1][key] == pytest.approx(scores[key])
+    assert history[-1]["elapsed_seconds"] >= history[-1]["seconds"]
 
 
 def test_a_resumed_benchmark_run_keeps_its_set():
