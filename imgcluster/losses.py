@@ -2,7 +2,8 @@
 
 Notation (SCL.md): q = f_θ(T1(I)) and k = f_θ̃(T2(I)) are l2-normalised n×d; the semantic
 memory holds C banks of B keys; τ is the temperature. Eq. 1 and Eq. 3 both read the one matrix
-product q·[M_1 ... M_C]ᵀ (:func:`memory_logits`), and a mask removes each row's own bank for Eq. 1.
+product q·[M_1 ... M_C]ᵀ (:func:`memory_logits`), reduced once to a log-sum-exp per bank
+(:func:`bank_logsumexp`); a mask then removes each row's own bank for Eq. 1.
 All reductions run in float32 even when the matmul ran in bf16 under autocast.
 """
 
@@ -16,50 +17,69 @@ from torch import Tensor
 def memory_logits(q: Tensor, memory: Tensor, num_banks: int, temperature: float) -> Tensor:
     """cos(q_i, k̃)/τ for every key of every bank.
 
-    q: n×d, memory: (C·B)×d (banks concatenated) → n×C×B, float32.
+    q: n×d, memory: (C·B)×d (banks concatenated) → n×C×B, float32. The 1/τ is applied to q
+    (n×d) before the product rather than to the n×C×B result: one pass fewer over the largest
+    tensor of the step.
     """
-    return (q @ memory.T).float().view(q.shape[0], num_banks, -1) / temperature
+    return ((q * (1.0 / temperature)) @ memory.T).float().view(q.shape[0], num_banks, -1)
 
 
-def mask_own_keys(mem_logits: Tensor, key_ids: Tensor, idx: Tensor) -> Tensor:
-    """Set to −inf the memory entries that are the batch images' own earlier keys (ours).
+def mask_own_keys_(mem_logits: Tensor, key_ids: Tensor, idx: Tensor) -> Tensor:
+    """Set to −inf, in place, the memory entries that are the batch images' own earlier keys
+    (ours); returns ``mem_logits``.
 
-    mem_logits: n×C×B; key_ids: C×B image index of each key; idx: n → n×C×B. On a folder not
-    much larger than the memory, an image's previous key is nearly always stored; as a
-    negative it would push q away from itself, and in Eq. 3 it would vote for its old cluster.
+    mem_logits: n×C×B; key_ids: C×B image index of each key; idx: n. On a folder not much
+    larger than the memory, an image's previous key is nearly always stored; as a negative it
+    would push q away from itself, and in Eq. 3 it would vote for its old cluster.
+
+    The fill bypasses autograd. Every consumer of these logits is a log-sum-exp, whose gradient
+    at a −inf entry is e^{−inf} = 0, so those entries get no gradient either way; in place, the
+    step neither copies the n×C×B tensor nor keeps the mask for the backward pass.
     """
     own = key_ids[None, :, :] == idx[:, None, None]
-    return mem_logits.masked_fill(own, float("-inf"))
+    with torch.no_grad():
+        return mem_logits.masked_fill_(own, float("-inf"))
+
+
+def bank_logsumexp(mem_logits: Tensor) -> Tensor:
+    """log Σ_{k̃∈M_j} e^{cos(q_i,k̃)/τ} for every image i and bank j: n×C×B → n×C.
+
+    The one reduction over the memory that Eq. 1 and Eq. 3 share: a log-sum-exp over a union
+    of banks is the log-sum-exp of their per-bank log-sum-exps.
+    """
+    return torch.logsumexp(mem_logits, dim=2)
 
 
 def info_nce(positive: Tensor, negatives: Tensor) -> Tensor:
     """Per-sample −log(e^pos / (e^pos + Σ e^neg)) from logits (already divided by τ).
 
-    positive: n, negatives: n×m (−inf entries are excluded) → n.
+    positive: n, negatives: n×m (−inf entries are excluded) → n. Computed as
+    logaddexp(pos, logsumexp(neg)) − pos, which never copies the negatives.
     """
-    logits = torch.cat([positive[:, None], negatives], dim=1)
-    return torch.logsumexp(logits, dim=1) - positive
+    return torch.logaddexp(positive, torch.logsumexp(negatives, dim=1)) - positive
 
 
 def cross_cluster_id_loss(
     q: Tensor,
     k: Tensor,
-    mem_logits: Tensor,
+    bank_lse: Tensor,
     labels: Tensor,
     temperature: float,
     cross_cluster: bool = True,
 ) -> Tensor:
     """Eq. 1-2: instance discrimination against the banks of the other clusters only.
 
-    q, k: n×d; mem_logits: n×C×B from :func:`memory_logits`; labels: n pseudo labels y_i.
-    Returns the per-sample losses L_ID(i), n. ``cross_cluster=False`` is the paper's ablation
-    "without cross-cluster ID": every bank, the image's own cluster included, is a negative.
+    q, k: n×d; bank_lse: n×C from :func:`bank_logsumexp`; labels: n pseudo labels y_i.
+    Returns the per-sample losses L_ID(i), n:
+    −log(e^{q·k/τ} / (e^{q·k/τ} + Σ_{j≠y_i} Σ_{k̃∈M_j} e^{q·k̃/τ})), the inner sums being the
+    banks' e^{bank_lse}. ``cross_cluster=False`` is the paper's ablation "without cross-cluster
+    ID": every bank, the image's own cluster included, is a negative.
     """
     positive = (q * k).sum(dim=1).float() / temperature  # n
     if cross_cluster:
-        own = F.one_hot(labels, mem_logits.shape[1]).bool()[:, :, None]  # n×C×1
-        mem_logits = mem_logits.masked_fill(own, float("-inf"))  # Q_i = ∪_{j≠y_i} M_j
-    return info_nce(positive, mem_logits.flatten(1))
+        own = F.one_hot(labels, bank_lse.shape[1]).bool()  # n×C
+        bank_lse = bank_lse.masked_fill(own, float("-inf"))  # Q_i = ∪_{j≠y_i} M_j
+    return info_nce(positive, bank_lse)
 
 
 def weighted_loss(per_sample: Tensor, weights: Tensor | None) -> Tensor:
@@ -69,13 +89,14 @@ def weighted_loss(per_sample: Tensor, weights: Tensor | None) -> Tensor:
     return (weights * per_sample).sum()
 
 
-def memory_soft_assignment(mem_logits: Tensor) -> Tensor:
-    """Eq. 3: p̃_ij ∝ Σ_{k̃∈M_j} e^{cos(q_i,k̃)/τ}, with a log-sum-exp per bank.
+def memory_soft_assignment(bank_lse: Tensor) -> Tensor:
+    """Eq. 3: p̃_ij ∝ Σ_{k̃∈M_j} e^{cos(q_i,k̃)/τ} = e^{bank_lse_ij}, i.e. a softmax over banks.
 
-    mem_logits: n×C×B → n×C rows summing to one. A target: computed without gradient.
+    bank_lse: n×C from :func:`bank_logsumexp` → n×C rows summing to one. A target: computed
+    without gradient.
     """
     with torch.no_grad():
-        return torch.softmax(torch.logsumexp(mem_logits.detach(), dim=2), dim=1)
+        return torch.softmax(bank_lse.detach(), dim=1)
 
 
 def cluster_discrimination_loss(head_logits: Tensor, target: Tensor) -> Tensor:

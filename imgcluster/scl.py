@@ -19,10 +19,11 @@ from torch import Tensor, nn
 from imgcluster.config import SCLConfig, under_clustering_k
 from imgcluster.labels import hard_sample_weights
 from imgcluster.losses import (
+    bank_logsumexp,
     cluster_discrimination_loss,
     cross_cluster_id_loss,
     instance_loss,
-    mask_own_keys,
+    mask_own_keys_,
     memory_logits,
     memory_soft_assignment,
     weighted_loss,
@@ -70,21 +71,21 @@ class ClusteringTask(nn.Module):
         """
         y = self.labels[idx]  # n
         logits = memory_logits(q, self.memory.flat(), self.num_clusters, cfg.temperature)  # n×C×B
-        logits = mask_own_keys(logits, self.memory.ids, idx)
-        per_sample = cross_cluster_id_loss(q, k, logits, y, cfg.temperature, cfg.cross_cluster)
+        bank_lse = bank_logsumexp(mask_own_keys_(logits, self.memory.ids, idx))  # n×C
+        per_sample = cross_cluster_id_loss(q, k, bank_lse, y, cfg.temperature, cfg.cross_cluster)
         weights = hard_sample_weights(self.flips[idx]) if cfg.hard_mining else None
         if weights is not None and batch_idx is not None:
             # Eq. 6 normalises over the global batch; ×W because DDP averages the W ranks' grads.
             share = self.flips[idx].sum() / self.flips[batch_idx].sum()
             weights = weights * share * (len(batch_idx) / len(idx))
-        target = memory_soft_assignment(logits)  # n×C, no gradient
+        target = memory_soft_assignment(bank_lse)  # n×C, no gradient
         l_cd = cluster_discrimination_loss(self.head(q.detach()), target)  # grad to W, B only
         return weighted_loss(per_sample, weights), l_cd
 
     def soft_assignment(self, q: Tensor, idx: Tensor, temperature: float) -> Tensor:
         """Eq. 3 for the label update: p̃ of images idx (q: n×d) over this task's banks → n×C."""
         logits = memory_logits(q, self.memory.flat(), self.num_clusters, temperature)
-        return memory_soft_assignment(mask_own_keys(logits, self.memory.ids, idx))
+        return memory_soft_assignment(bank_logsumexp(mask_own_keys_(logits, self.memory.ids, idx)))
 
 
 class SCL(nn.Module):
@@ -127,7 +128,7 @@ class SCL(nn.Module):
             task_id, task_cd = task.losses(q, k, idx, self.cfg, batch_idx)
             l_id, l_cd = l_id + task_id, l_cd + task_cd
         queue_logits = memory_logits(q, self.queue.flat(), 1, self.cfg.temperature)  # n×1×K
-        queue_logits = mask_own_keys(queue_logits, self.queue.ids, idx).flatten(1)
+        queue_logits = mask_own_keys_(queue_logits, self.queue.ids, idx).flatten(1)
         l_inst = instance_loss(q, k, queue_logits, self.cfg.temperature)
         total = self.cfg.alpha * l_id + self.cfg.beta * l_cd + l_inst
         return LossTerms(total=total, id=l_id, cd=l_cd, instance=l_inst)

@@ -8,10 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from imgcluster.losses import (
+    bank_logsumexp,
     cluster_discrimination_loss,
     cross_cluster_id_loss,
+    info_nce,
     instance_loss,
-    mask_own_keys,
+    mask_own_keys_,
     memory_logits,
     memory_soft_assignment,
     weighted_loss,
@@ -53,9 +55,9 @@ def test_cross_cluster_id_matches_naive_loop():
     n, c, b, d = 6, 4, 5, 8
     q, k, banks = _unit(n, d), _unit(n, d), _unit(c, b, d)
     labels = torch.tensor([0, 1, 2, 3, 1, 0])
-    logits = memory_logits(q, banks.reshape(-1, d), c, TAU).double()
+    lse = bank_logsumexp(memory_logits(q, banks.reshape(-1, d), c, TAU).double())
     for cross in (True, False):
-        got = cross_cluster_id_loss(q, k, logits, labels, TAU, cross_cluster=cross)
+        got = cross_cluster_id_loss(q, k, lse, labels, TAU, cross_cluster=cross)
         want = naive_cross_cluster_id(q, k, banks, labels, TAU, cross_cluster=cross)
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
@@ -67,8 +69,8 @@ def test_id_loss_closed_form_with_orthogonal_negatives():
     q[0, 0] = 1.0
     banks = torch.zeros(c, b, d)
     banks[..., 1] = 1.0  # orthogonal to q: cos = 0, e^0 = 1 each
-    logits = memory_logits(q, banks.reshape(-1, d), c, TAU)
-    got = cross_cluster_id_loss(q, q, logits, torch.tensor([2]), TAU)
+    lse = bank_logsumexp(memory_logits(q, banks.reshape(-1, d), c, TAU))
+    got = cross_cluster_id_loss(q, q, lse, torch.tensor([2]), TAU)
     m = (c - 1) * b  # own bank excluded
     want = -math.log(math.exp(1 / TAU) / (math.exp(1 / TAU) + m))
     assert abs(float(got) - want) < 1e-5
@@ -79,7 +81,7 @@ def test_soft_assignment_matches_naive_and_has_no_gradient():
     q, banks = _unit(5, 6), _unit(3, 7, 6)
     q.requires_grad_(True)
     logits = memory_logits(q, banks.reshape(-1, 6), 3, TAU)
-    p = memory_soft_assignment(logits)
+    p = memory_soft_assignment(bank_logsumexp(logits))
     torch.testing.assert_close(p.double(), naive_soft_assignment(q.detach(), banks, TAU))
     torch.testing.assert_close(p.sum(1), torch.ones(5, dtype=p.dtype))
     assert not p.requires_grad
@@ -87,7 +89,7 @@ def test_soft_assignment_matches_naive_and_has_no_gradient():
 
 def test_soft_assignment_is_stable_at_small_temperature():
     q, banks = _unit(4, 8).float(), _unit(3, 50, 8).float()
-    p = memory_soft_assignment(memory_logits(q, banks.reshape(-1, 8), 3, 0.001))
+    p = memory_soft_assignment(bank_logsumexp(memory_logits(q, banks.reshape(-1, 8), 3, 0.001)))
     assert torch.isfinite(p).all()
 
 
@@ -123,11 +125,48 @@ def test_instance_loss_is_moco_infonce():
 def test_own_keys_are_masked_and_only_them():
     logits = torch.zeros(3, 2, 4)
     key_ids = torch.tensor([[5, 1, -1, 7], [2, 5, 9, 0]])
-    masked = mask_own_keys(logits, key_ids, torch.tensor([5, 0, 3]))
+    masked = mask_own_keys_(logits, key_ids, torch.tensor([5, 0, 3]))
+    assert masked is logits  # in place
     assert torch.isinf(masked[0]).sum() == 2 and torch.isinf(masked[0, 0, 0])
     assert torch.isinf(masked[0, 1, 1])
     assert torch.isinf(masked[1]).sum() == 1 and torch.isinf(masked[1, 1, 3])
     assert not torch.isinf(masked[2]).any()
+
+
+def reference_id_loss(q, k, memory, key_ids, idx, labels, c, tau):
+    """Eq. 1 the direct way, all in autograd: out-of-place masks, one flat log-sum-exp over
+    the positive and every negative key."""
+    logits = (q @ memory.T / tau).view(q.shape[0], c, -1)
+    logits = logits.masked_fill(key_ids[None] == idx[:, None, None], float("-inf"))
+    logits = logits.masked_fill(F.one_hot(labels, c).bool()[:, :, None], float("-inf"))
+    positive = (q * k).sum(1) / tau
+    flat = torch.cat([positive[:, None], logits.flatten(1)], 1)
+    return (torch.logsumexp(flat, 1) - positive).mean()
+
+
+def test_id_loss_and_its_gradient_match_the_direct_formulation():
+    """Shared per-bank log-sum-exps, 1/τ folded into q and the in-place own-key mask (no
+    gradient of its own) give the same loss and the same gradient as the direct form."""
+    torch.manual_seed(4)
+    n, c, b, d = 6, 4, 5, 8
+    memory, k = _unit(c * b, d), _unit(n, d)
+    key_ids = torch.randint(0, 8, (c, b))
+    idx, labels = torch.arange(n), torch.tensor([0, 1, 2, 3, 1, 0])
+    q1 = _unit(n, d).requires_grad_(True)
+    q2 = q1.detach().clone().requires_grad_(True)
+    want = reference_id_loss(q1, k, memory, key_ids, idx, labels, c, TAU)
+    lse = bank_logsumexp(mask_own_keys_(memory_logits(q2, memory, c, TAU), key_ids, idx))
+    got = cross_cluster_id_loss(q2, k, lse, labels, TAU).mean()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)  # float32 logits
+    want.backward()
+    got.backward()
+    torch.testing.assert_close(q2.grad, q1.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_info_nce_ignores_masked_negatives():
+    pos, neg = torch.tensor([1.0, 2.0]), torch.tensor([[0.5, float("-inf")], [float("-inf")] * 2])
+    want = torch.tensor([math.log(math.e + math.exp(0.5)) - 1.0, 0.0])
+    torch.testing.assert_close(info_nce(pos, neg), want)
 
 
 def test_weighted_loss_uniform_weights_equal_mean():
