@@ -345,7 +345,7 @@ def _decode_chunks(
     chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, math.ceil(len(paths) / (4 * n_workers))))
     remaining = dict.fromkeys(range(0, len(paths), chunk))  # ordered set of chunk starts
     if n_workers > 1 and len(remaining) > 1:
-        _start_worker_server()  # it loads while the first chunk is decoded here
+        start_worker_server()  # it loads while the first chunk is decoded here
         began = time.perf_counter()
         first = decode_chunk(root, list(paths[:chunk]), 0, size)
         serial_rest = (time.perf_counter() - began) / chunk * (len(paths) - chunk)
@@ -430,7 +430,7 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _start_worker_server() -> None:
+def start_worker_server() -> None:
     """Start the forkserver now, without waiting for it (a no-op where workers are spawned)."""
     if worker_context().get_start_method() == "forkserver":
         multiprocessing.forkserver.ensure_running()

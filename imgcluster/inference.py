@@ -25,6 +25,7 @@ from imgcluster.cache import (
     decode_chunk,
     find_cache,
     ignore_sigint,
+    start_worker_server,
     usable_cpus,
     worker_context,
 )
@@ -150,6 +151,8 @@ def decoded_chunks(
     starts = collections.deque(range(0, len(paths), _CHUNK))
     if not starts:
         return
+    if workers > 1 and len(starts) > 1:
+        start_worker_server()  # it loads while the first chunk is decoded here
     began = time.perf_counter()
     yield decode_chunk(root, list(paths[:_CHUNK]), starts.popleft(), size)
     serial_rest = (time.perf_counter() - began) / _CHUNK * (len(paths) - _CHUNK)
