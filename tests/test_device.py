@@ -1,0 +1,132 @@
+"""The device layer and the fast paths: same results with and without them, no host syncs on GPU.
+
+The CUDA tests are skipped on a machine without a GPU; benchmarks/gpu_check.sh's figures come
+from the same code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import imgcluster.pipeline as pipeline
+import imgcluster.train as train
+from imgcluster.cache import ImageCache
+from imgcluster.config import RunConfig
+from imgcluster.device import DeviceImages, autocast, resolve_device, use_fast_kernels
+from imgcluster.memory import SemanticMemory
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def random_cache(n: int = 96, size: int = 16, seed: int = 0) -> ImageCache:
+    images = np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+    return ImageCache(images, [f"{i}.png" for i in range(n)], [], Path("unused.npy"), False)
+
+
+def tiny_config(device: str = "cpu") -> RunConfig:
+    return RunConfig().replace(
+        data={"image_size": 16},
+        model={"backbone": "small"},
+        scl={"k": 4, "memory_size": 64},
+        optim={"epochs": 2, "batch_size": 32, "device": device, "seed": 7},
+    )
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_cpu_needs_no_autocast_or_kernel_settings() -> None:
+    before = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
+    use_fast_kernels(torch.device("cpu"))
+    assert (torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()) == before
+    with autocast(torch.device("cpu")):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_device_images_batches_and_sequence_on_cpu() -> None:
+    cache = random_cache(10)
+    images = DeviceImages(cache.images, torch.device("cpu"))
+    idx = torch.tensor([7, 0, 3])
+    assert torch.equal(images.batch(idx), torch.from_numpy(cache.images[[7, 0, 3]]))
+    seen = torch.cat([i for i, _ in images.sequential(4)])
+    assert seen.tolist() == list(range(10))
+    part = [b for _, b in images.sequential(4, torch.tensor([9, 2]))]
+    assert torch.equal(part[0], torch.from_numpy(cache.images[[9, 2]]))
+
+
+def one_epoch(memory_format: torch.memory_format, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    monkeypatch.setattr(train, "MEMORY_FORMAT", memory_format)
+    monkeypatch.setattr(pipeline, "MEMORY_FORMAT", memory_format)
+    trainer = pipeline.Trainer(tiny_config(), random_cache(), torch.device("cpu"))
+    record = trainer.epoch_once(lambda _: None)
+    labels = trainer.model.task("clustering").labels.clone()
+    return record["loss"], labels
+
+
+def test_channels_last_fast_path_gives_the_same_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same seed, one epoch with and without channels_last: the same losses (to float
+    rounding) and the same pseudo labels."""
+    loss_fast, labels_fast = one_epoch(torch.channels_last, monkeypatch)
+    loss_plain, labels_plain = one_epoch(torch.contiguous_format, monkeypatch)
+    assert loss_fast == pytest.approx(loss_plain, rel=1e-4)
+    assert (labels_fast == labels_plain).float().mean() >= 0.95
+
+
+@needs_cuda
+def test_resident_cache_on_the_gpu() -> None:
+    cache = random_cache(10)
+    device = torch.device("cuda")
+    images = DeviceImages(cache.images, device)
+    assert images.resident is not None and images.resident.device.type == "cuda"
+    idx = torch.tensor([4, 1])
+    assert torch.equal(images.batch(idx).cpu(), torch.from_numpy(cache.images[[4, 1]]))
+
+
+@needs_cuda
+def test_memory_update_on_the_gpu_matches_the_cpu_without_a_sync() -> None:
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.nn.functional.normalize(torch.randn(40, 8, generator=gen), dim=1)
+    labels = torch.randint(0, 3, (40,), generator=gen)
+    ids = torch.arange(40)
+    cpu, gpu = SemanticMemory(3, 5, 8), SemanticMemory(3, 5, 8).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    cpu.enqueue(keys, labels, ids)
+    on_gpu = keys.cuda(), labels.cuda(), ids.cuda()  # copies from the host synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        gpu.enqueue(*on_gpu)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for name, value in cpu.state_dict().items():
+        assert torch.equal(gpu.state_dict()[name].cpu(), value), name
+
+
+@needs_cuda
+def test_a_training_step_on_the_gpu_makes_no_host_sync() -> None:
+    trainer = pipeline.Trainer(tiny_config("cuda"), random_cache(), torch.device("cuda"))
+    idx = torch.arange(32)
+
+    def step() -> None:
+        images = trainer.images.batch(idx)
+        train.train_step(trainer.model, trainer.optimizer, images, idx, 0.03, trainer.aug_gen)
+
+    step()  # first step: cuDNN autotuning and lazy initialisation may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
