@@ -155,7 +155,9 @@ def fit(
     no_hard_mining: bool = typer.Option(
         False, "--no-hard-mining", help="Ablation: plain mean of L_ID (no Eq. 6 weights)."
     ),
-    workers: int | None = typer.Option(None, help="Decode processes \\[default: all cores]."),
+    workers: int | None = typer.Option(
+        None, help="Decoders: this process and N-1 worker processes \\[default: all cores]."
+    ),
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="Decode cache folder \\[default: ~/.cache/imgcluster]."
     ),
