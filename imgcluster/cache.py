@@ -405,7 +405,7 @@ def _pool_chunks(
             finished = [future for future in in_flight if future.done()]
             if not finished and queue:
                 start = queue.popleft()
-                yield start, decode_chunk(root, list(paths[start : start + chunk]), start, size)
+                yield start, _decode_here(root, paths, start, chunk, size)
                 continue
             if not finished:
                 finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
@@ -428,6 +428,11 @@ def worker_context() -> multiprocessing.context.BaseContext:
     # it with both loaded, instead of a fresh interpreter importing them again (~0.3 s each).
     context.set_forkserver_preload(["__main__", __name__])
     return context
+
+
+def _decode_here(root: str, paths: Sequence[str], start: int, chunk: int, size: int) -> ChunkResult:
+    """Chunk ``start`` decoded in this process, while the workers decode others."""
+    return decode_chunk(root, list(paths[start : start + chunk]), start, size)
 
 
 def start_worker_server() -> None:

@@ -166,13 +166,23 @@ def test_workers_match_in_process_byte_for_byte(
         pools.append(args[-1])
         yield from real_pool_chunks(*args, **kwargs)
 
+    here: list[int] = []  # chunks this process decoded while its worker ran
+    real_decode_here = cache_mod._decode_here
+
+    def _decode_here(root, paths, start, chunk, size):
+        here.append(start)
+        return real_decode_here(root, paths, start, chunk, size)
+
     monkeypatch.setattr(cache_mod, "_pool_chunks", _spy)
+    monkeypatch.setattr(cache_mod, "_decode_here", _decode_here)
     monkeypatch.setattr(cache_mod, "_POOL_MIN_SECONDS", 0.0)  # use the pool even for 200 images
     calls: list[tuple[int, int]] = []
     two = build_cache(
         root, paths, 32, tmp_path / "w2", workers=2, progress=lambda *a: calls.append(a)
     )
     assert pools == [2]
+    # Besides the first chunk, this process decoded more while its worker started.
+    assert here
     assert one.file.name == two.file.name  # same key: the worker count is not part of it
     assert two.paths == one.paths == paths
     assert one.file.read_bytes() == two.file.read_bytes()
