@@ -22,7 +22,9 @@ slows them alike; the medians over rounds and the median of the per-round ratios
 
 Without a folder the images are random uint8 (the JSON says which). On a GPU, ``--sync-check``
 also runs a few trainer steps under ``torch.cuda.set_sync_debug_mode("warn")`` and reports how
-many host-device synchronisations one step makes, and where (the goal is none).
+many host-device synchronisations one step makes, and where (the goal is none). ``--compile``
+gives the trainer torch.compile'd augmentation and losses (:class:`imgcluster.train.StepKernels`);
+the JSON's ``warmup_seconds`` then includes the compile.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--cache-dir", type=Path, default=None, help="decode cache (default: temp)")
     p.add_argument("--sync-check", action="store_true", help="count host syncs per step (GPU)")
+    p.add_argument("--compile", action="store_true", help="trainer with compiled kernels")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     return p.parse_args(argv)
 
@@ -92,7 +95,7 @@ def make_trainer(args: argparse.Namespace, cache: ImageCache, device: torch.devi
         data={"image_size": args.image_size},
         model={"backbone": args.backbone},
         scl={"k": args.k},
-        optim={"batch_size": args.batch_size, "device": device.type},
+        optim={"batch_size": args.batch_size, "device": device.type, "compile": args.compile},
     )
     return Trainer(cfg, cache, device)
 
@@ -105,7 +108,15 @@ def trainer_block(trainer: Trainer, order: torch.Generator) -> Callable[[int], N
         for _ in range(steps):
             idx = torch.randperm(n, generator=order)[:batch]
             images = trainer.images.batch(idx)
-            train_step(trainer.model, trainer.optimizer, images, idx, lr, trainer.aug_gen)
+            train_step(
+                trainer.model,
+                trainer.optimizer,
+                images,
+                idx,
+                lr,
+                trainer.aug_gen,
+                kernels=trainer.kernels,
+            )
 
     return run
 
@@ -117,7 +128,15 @@ def epoch_block(trainer: Trainer, cache: ImageCache, steps: int) -> Callable[[in
 
     def run(_: int) -> float:
         stats = run_epoch(
-            trainer.model, trainer.optimizer, subset, trainer.cfg, gens, 0, 10**6, lambda _: None
+            trainer.model,
+            trainer.optimizer,
+            subset,
+            trainer.cfg,
+            gens,
+            0,
+            10**6,
+            lambda _: None,
+            kernels=trainer.kernels,
         )
         return stats["images_per_s"]
 
@@ -185,8 +204,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
             "bare": bare_block(trainer, cache),
         }
         epoch = epoch_block(trainer, cache, args.steps)
-        for fn in blocks.values():
-            fn(args.warmup)
+        warmup = {name: timed(fn, args.warmup, device) for name, fn in blocks.items()}
         syncs = sync_sites(trainer) if args.sync_check and device.type == "cuda" else {}
         rates: dict[str, list[float]] = {"trainer": [], "bare": [], "run_epoch": []}
         for _ in range(args.rounds):
@@ -210,6 +228,8 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         "ratio": round(statistics.median(ratios), 3),
         "ratio_of_medians": round(med["trainer"] / med["bare"], 3),
         "per_round": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+        "compile": args.compile,
+        "warmup_seconds": {k: round(v, 1) for k, v in warmup.items()},  # compiling included
         **syncs,
     }
 

@@ -19,7 +19,8 @@ an order drawn per image from the 24 permutations (see :func:`_color_jitter`).
 
 Public API: :data:`MEAN`, :data:`STD`, :class:`AugmentParams`, :func:`to_float`,
 :func:`normalize`, :func:`preprocess` (the un-augmented input path, also what the ONNX exporter
-puts in front of the model) and :func:`augment`.
+puts in front of the model), :func:`augment` and :func:`compiled_augment` (the same views with
+the rendering compiled, for GPUs).
 
 Speed notes (CPU): ``where``, ``remainder``, ``aminmax`` over channels and bool tensors are
 several times slower than plain float arithmetic, and every freshly allocated page costs a
@@ -33,13 +34,23 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MEAN", "STD", "AugmentParams", "to_float", "normalize", "preprocess", "augment"]
+__all__ = [
+    "MEAN",
+    "STD",
+    "AugmentParams",
+    "to_float",
+    "normalize",
+    "preprocess",
+    "augment",
+    "compiled_augment",
+]
 
 MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -119,17 +130,49 @@ def _augment01(
     return _views(x, generator, params, normalise=False)
 
 
+def compiled_augment(
+    params: AugmentParams = AugmentParams(),
+) -> Callable[[Tensor, torch.Generator | None], Tensor]:
+    """:func:`augment` with its rendering compiled by ``torch.compile`` (one graph per shape).
+
+    The random draw stays eager (a generator cannot enter a compiled graph); everything after
+    it is a pure function of the images and the uniforms, so the views are the same as
+    :func:`augment`'s up to float rounding. On a GPU this fuses the ~340 small kernels of a
+    view into a few; on a CPU the hand-tuned eager code is faster (docs/benchmarks.md).
+    """
+
+    def render_normalised(x: Tensor, u: Tensor) -> Tensor:
+        return _render_views(x, u, params, normalise=True)
+
+    fast = torch.compile(render_normalised, dynamic=False)
+
+    def augment_compiled(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return fast(x, _draw(x, generator))
+
+    return augment_compiled
+
+
 def _views(
     x: Tensor, generator: torch.Generator | None, params: AugmentParams, normalise: bool
 ) -> Tensor:
-    """Draw every image's parameters for the whole batch, then render chunk by chunk.
+    """Draw every image's parameters for the whole batch, then render them."""
+    return _render_views(x, _draw(x, generator), params, normalise)
 
-    All random numbers are drawn up front, so the result does not depend on the chunking.
-    """
-    batch, channels, height, width = x.shape
+
+def _draw(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """The batch's only random draw: uniforms ``B×51`` on the images' device."""
+    batch, channels = x.shape[:2]
     if channels != 3:
         raise ValueError(f"expected B×3×H×W images, got shape {tuple(x.shape)}")
-    u = torch.rand((batch, _U_COLS), generator=generator, device=x.device)
+    return torch.rand((batch, _U_COLS), generator=generator, device=x.device)
+
+
+def _render_views(x: Tensor, u: Tensor, params: AugmentParams, normalise: bool) -> Tensor:
+    """Every image's view from its uniforms ``u``, rendered chunk by chunk.
+
+    All random numbers are in ``u``, so the result does not depend on the chunking.
+    """
+    batch, channels, height, width = x.shape
     plan = _make_plan(u, (height, width), params)
     chunk = batch
     if x.device.type == "cpu":  # on a GPU one launch per op for the whole batch is best
@@ -144,19 +187,29 @@ def _views(
     return out
 
 
-@functools.lru_cache(maxsize=32)
 def _channel_const(values: tuple[float, float, float], device: torch.device) -> Tensor:
-    """A ``1×3×1×1`` float32 constant, made once per device.
+    """A ``1×3×1×1`` float32 constant: made once per device, or inline in a compiled graph
+    (where it costs nothing and a cache would only be traced around)."""
+    if torch.compiler.is_compiling():
+        return _new_channel_const(values, device)
+    return _cached_channel_const(values, device)
 
-    Filled in place rather than copied from a Python list, since a host-to-device copy would
-    synchronise. Never an inference tensor (even if first asked for under inference_mode),
-    which could not be saved for backward if a caller differentiates through normalize().
-    """
-    with torch.inference_mode(False):
-        const = torch.empty((1, 3, 1, 1), dtype=torch.float32, device=device)
-        for i, value in enumerate(values):
-            const[:, i].fill_(value)
+
+def _new_channel_const(values: tuple[float, float, float], device: torch.device) -> Tensor:
+    """Filled in place rather than copied from a Python list, since a host-to-device copy would
+    synchronise."""
+    const = torch.empty((1, 3, 1, 1), dtype=torch.float32, device=device)
+    for i, value in enumerate(values):
+        const[:, i].fill_(value)
     return const
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_channel_const(values: tuple[float, float, float], device: torch.device) -> Tensor:
+    """Never an inference tensor (even if first asked for under inference_mode), which could
+    not be saved for backward if a caller differentiates through normalize()."""
+    with torch.inference_mode(False):
+        return _new_channel_const(values, device)
 
 
 # --- the random draws ------------------------------------------------------------------------
@@ -342,8 +395,12 @@ _THREAD_SCRATCH = threading.local()
 
 
 def _scratch(device: torch.device) -> _Scratch:
-    """This thread's reusable scratch on CPU (a few MB, kept for the thread's life)."""
-    if device.type != "cpu":
+    """This thread's reusable scratch on CPU (a few MB, kept for the thread's life).
+
+    Plain allocations on other devices and inside a compiled graph, whose compiler plans the
+    buffers itself.
+    """
+    if device.type != "cpu" or torch.compiler.is_compiling():
         return _Scratch(device, reuse=False)
     ws = getattr(_THREAD_SCRATCH, "cpu", None)
     if ws is None:

@@ -52,6 +52,7 @@ OPTION_FIELDS: dict[str, tuple[str, str]] = {
     "time_budget": ("optim", "time_budget_minutes"),
     "seed": ("optim", "seed"),
     "device": ("optim", "device"),
+    "compile": ("optim", "compile"),
 }
 
 
@@ -178,6 +179,12 @@ def fit(
         "--no-report",
         help="Skip the HTML report at the end (model.onnx is still exported).",
     ),
+    compile_step: bool = typer.Option(
+        False,
+        "--compile",
+        help="torch.compile the augmentation and the losses: faster steps on a GPU after a "
+        "compile of tens of seconds; no gain on a CPU.",
+    ),
 ) -> None:
     """Train SCL on a folder of images (or a benchmark set) and write a run directory."""
     from imgcluster import rundir
@@ -193,6 +200,7 @@ def fit(
         "follow_links": True if follow_links else None,
         "head_lr_scale": head_lr_scale,
         "projector_bn": False if no_projector_bn else None,
+        "compile": True if compile_step else None,
     }  # fmt: skip
     if source is None and not resume:
         fail("give the folder of images to cluster: imgcluster fit ./photos --k 10")

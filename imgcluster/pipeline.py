@@ -47,6 +47,7 @@ from imgcluster.train import (
     Predictions,
     Progress,
     Replica,
+    StepKernels,
     confidence_ranked,
     global_batch_size,
     make_optimizer,
@@ -235,6 +236,8 @@ class Trainer:
         )
         self.model.to(device, memory_format=MEMORY_FORMAT)
         self.optimizer = make_optimizer(self.model, cfg)
+        kernels = StepKernels.compiled if cfg.optim.compile else StepKernels.eager
+        self.kernels = kernels(self.model)
         self.replica = Replica.wrap(self.model, world, device) if world.distributed else None
         self.order_gen = torch.Generator().manual_seed(cfg.optim.seed + 1)  # same on every rank
         # Each rank augments with its own stream; rank 0's is the single-process one.
@@ -287,7 +290,16 @@ class Trainer:
         step0 = self.epoch * steps_per_epoch(n, self.batch)
         gens = (self.order_gen, self.aug_gen)
         stats = run_epoch(
-            self.model, self.optimizer, self.images, cfg, gens, step0, total, callback, self.replica
+            self.model,
+            self.optimizer,
+            self.images,
+            cfg,
+            gens,
+            step0,
+            total,
+            callback,
+            self.replica,
+            self.kernels,
         )
         if self.world.distributed:
             sync_buffers(self.model)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from imgcluster.augment import augment, preprocess
+from imgcluster.augment import augment, compiled_augment, preprocess
 from imgcluster.config import RunConfig
 from imgcluster.device import DeviceImages, autocast
 from imgcluster.distributed import KeyShuffle, World, all_gather_rows, average_
@@ -40,6 +40,26 @@ from imgcluster.scl import SCL, LossTerms
 # inference +55 %; ResNet-18 +14 %) as on GPUs with tensor cores.
 MEMORY_FORMAT = torch.channels_last
 PREDICT_BATCH = 512
+
+
+@dataclass(frozen=True)
+class StepKernels:
+    """The step's two stages made of many small element-wise operations: the augmentation of
+    a view and the losses. Eager by default; :meth:`compiled` fuses them with torch.compile,
+    which pays on a GPU, where each small operation is a kernel launch (docs/benchmarks.md).
+    """
+
+    augment: Callable[[Tensor, torch.Generator], Tensor]
+    loss_terms: Callable[..., LossTerms]
+
+    @classmethod
+    def eager(cls, model: SCL) -> StepKernels:
+        return cls(augment, model.loss_terms)
+
+    @classmethod
+    def compiled(cls, model: SCL) -> StepKernels:
+        """Compiled on first use (tens of seconds); the same results up to float rounding."""
+        return cls(compiled_augment(), torch.compile(model.loss_terms, dynamic=False))
 
 
 @dataclass
@@ -115,12 +135,15 @@ def train_step(
     lr: float,
     gen: torch.Generator,
     shard: Shard | None = None,
+    kernels: StepKernels | None = None,
 ) -> LossTerms:
     """One SCL step on a batch of uint8 images (n×3×S×S on the device) with dataset ids idx.
 
     With ``shard`` (DDP): images and idx are this rank's share of the global batch; the keys of
-    the whole global batch are gathered and enqueued on every rank.
+    the whole global batch are gathered and enqueued on every rank. ``kernels``: the
+    augmentation and losses to use (default: eager).
     """
+    kernels = kernels or StepKernels.eager(model)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     idx = idx.to(images.device, non_blocking=True)
@@ -129,8 +152,8 @@ def train_step(
         images if shard is None else shard.key_images.contiguous(memory_format=MEMORY_FORMAT)
     )
     encoder = model.encoder if shard is None else shard.encoder
-    x1 = augment(images, gen)  # T1(I)
-    x2 = augment(key_images, gen)  # T2(I)
+    x1 = kernels.augment(images, gen)  # T1(I)
+    x2 = kernels.augment(key_images, gen)  # T2(I)
     with autocast(images.device):
         q = encoder(x1)  # n×d
         with torch.no_grad():
@@ -138,7 +161,7 @@ def train_step(
             keys, key_ids = (k, idx) if shard is None else shard.shuffle.gather_keys(k)
             k = k if shard is None else keys[shard.shuffle.own]  # W·n×d → this rank's n×d
         batch_ids = None if shard is None else key_ids
-        terms = model.loss_terms(q.float(), k, idx, batch_ids)
+        terms = kernels.loss_terms(q.float(), k, idx, batch_ids)
     optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
     optimizer.step()
@@ -246,6 +269,7 @@ def run_epoch(
     total_steps: int,
     callback: Callback,
     replica: Replica | None = None,
+    kernels: StepKernels | None = None,
 ) -> dict[str, float]:
     """Train over one permutation of the data; returns mean losses, lr and images/s.
 
@@ -264,7 +288,7 @@ def run_epoch(
         lr = cosine_lr(step0 + i, total_steps, cfg.optim.lr)
         shard = None if replica is None else replica.shard(idx, images, order_gen)
         own = idx if shard is None else shard.shuffle.query_ids
-        terms = train_step(model, optimizer, images.batch(own), own, lr, aug_gen, shard)
+        terms = train_step(model, optimizer, images.batch(own), own, lr, aug_gen, shard, kernels)
         sums += torch.stack([terms.total, terms.id, terms.cd, terms.instance])
         if callback is not None and (i % 10 == 9 or i == len(batches) - 1):
             callback(Progress("train", i + 1, len(batches), {"loss": float(terms.total)}))

@@ -72,7 +72,7 @@ def test_inference_mode_then_training_mode() -> None:
     """Buffers first made under inference_mode must not break later grad-mode calls."""
     import threading
 
-    A._channel_const.cache_clear()
+    A._cached_channel_const.cache_clear()
     errors: list[BaseException] = []
 
     def run() -> None:  # a fresh thread gets a fresh scratch buffer
