@@ -72,7 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--cache-dir", type=Path, default=None, help="decode cache (default: temp)")
     p.add_argument("--sync-check", action="store_true", help="count host syncs per step (GPU)")
-    p.add_argument("--compile", action="store_true", help="trainer with compiled kernels")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="trainer with compiled kernels (default: as fit, on a GPU)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON line")
     return p.parse_args(argv)
 
@@ -228,7 +233,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         "ratio": round(statistics.median(ratios), 3),
         "ratio_of_medians": round(med["trainer"] / med["bare"], 3),
         "per_round": {k: [round(x, 1) for x in v] for k, v in rates.items()},
-        "compile": args.compile,
+        "compile": trainer.kernels.augment is not augment,  # as resolved (auto: on a GPU)
         "warmup_seconds": {k: round(v, 1) for k, v in warmup.items()},  # compiling included
         **syncs,
     }

@@ -87,9 +87,10 @@ class OptimConfig:
     time_budget_minutes: float | None = None
     seed: int = 0
     device: Device = "auto"
-    # torch.compile the augmentation and the losses: pays on a GPU, where the eager step is
-    # bound by launching ~1,250 small kernels; slower to start, and no faster on a CPU.
-    compile: bool = False
+    # torch.compile the augmentation and the losses. None: on a GPU (with Triton), where the
+    # eager step is bound by launching ~1,250 small kernels; off on a CPU, where it does not
+    # pay for its compile (docs/benchmarks.md).
+    compile: bool | None = None
 
 
 @dataclass(frozen=True)

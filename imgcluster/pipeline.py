@@ -25,7 +25,7 @@ from imgcluster import __version__
 from imgcluster import rundir as rd
 from imgcluster.cache import ImageCache, build_cache, cache_dir_default, default_image_size
 from imgcluster.config import RunConfig
-from imgcluster.device import DeviceImages, resolve_device, use_fast_kernels
+from imgcluster.device import DeviceImages, compile_pays, resolve_device, use_fast_kernels
 from imgcluster.distributed import (
     World,
     broadcast_,
@@ -236,8 +236,8 @@ class Trainer:
         )
         self.model.to(device, memory_format=MEMORY_FORMAT)
         self.optimizer = make_optimizer(self.model, cfg)
-        kernels = StepKernels.compiled if cfg.optim.compile else StepKernels.eager
-        self.kernels = kernels(self.model)
+        compiled = cfg.optim.compile if cfg.optim.compile is not None else compile_pays(device)
+        self.kernels = (StepKernels.compiled if compiled else StepKernels.eager)(self.model)
         self.replica = Replica.wrap(self.model, world, device) if world.distributed else None
         self.order_gen = torch.Generator().manual_seed(cfg.optim.seed + 1)  # same on every rank
         # Each rank augments with its own stream; rank 0's is the single-process one.

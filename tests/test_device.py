@@ -16,7 +16,13 @@ import imgcluster.pipeline as pipeline
 import imgcluster.train as train
 from imgcluster.cache import ImageCache
 from imgcluster.config import RunConfig
-from imgcluster.device import DeviceImages, autocast, resolve_device, use_fast_kernels
+from imgcluster.device import (
+    DeviceImages,
+    autocast,
+    compile_pays,
+    resolve_device,
+    use_fast_kernels,
+)
 from imgcluster.memory import SemanticMemory
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -44,6 +50,13 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_compile_is_on_by_default_only_on_a_gpu() -> None:
+    assert not compile_pays(torch.device("cpu"))
+    trainer = pipeline.Trainer(tiny_config(), random_cache(), torch.device("cpu"))
+    assert trainer.cfg.optim.compile is None
+    assert trainer.kernels == train.StepKernels.eager(trainer.model)
 
 
 def test_cpu_needs_no_autocast_or_kernel_settings() -> None:
