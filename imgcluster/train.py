@@ -58,7 +58,14 @@ class StepKernels:
 
     @classmethod
     def compiled(cls, model: SCL) -> StepKernels:
-        """Compiled on first use (tens of seconds); the same results up to float rounding."""
+        """Compiled on first use (tens of seconds); the same results up to float rounding.
+
+        If compiling fails (no C++ compiler for a CPU, a GPU Triton cannot target), torch
+        logs a warning and the stage runs eagerly: a run is never stopped by its fast path.
+        """
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
         return cls(compiled_augment(), torch.compile(model.loss_terms, dynamic=False))
 
 

@@ -169,3 +169,25 @@ def test_compiled_kernels_give_the_same_step() -> None:
     (eager_terms, eager_weights), (fast_terms, fast_weights) = results
     torch.testing.assert_close(fast_terms, eager_terms, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast_weights, eager_weights, rtol=1e-4, atol=1e-5)
+
+
+def test_a_failing_compiler_leaves_the_step_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile where the compiler cannot work: the step runs eagerly, with the same result."""
+    real_compile = torch.compile
+
+    def broken_backend(graph, inputs):
+        raise RuntimeError("no compiler on this machine")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=broken_backend))
+    results = []
+    for compiled in (True, False):
+        cfg = tiny_config().replace(optim={"compile": compiled})
+        trainer = pipeline.Trainer(cfg, random_cache(), torch.device("cpu"))
+        idx = torch.arange(32)
+        images = trainer.images.batch(idx)
+        step = train.train_step(
+            trainer.model, trainer.optimizer, images, idx, 0.03, trainer.aug_gen,
+            kernels=trainer.kernels,
+        )  # fmt: skip
+        results.append(step.total)
+    torch.testing.assert_close(results[0], results[1])
