@@ -607,11 +607,17 @@ def demo(
     out_console.print(f"wrote {len(labels)} digit images to [bold]{folder}[/]")
     # A two-minute CPU run: the small net, batches of 64 for more steps, and momentum 0.99,
     # which escapes the collapsed start far sooner than the paper's 0.9 (docs/benchmarks.md).
+    # Never compiled: on a GPU the compile would take a large share of so short a run.
     config = RunConfig().replace(
         data={"source": str(folder), "image_size": 32},
         model={"backbone": "small"},
         scl={"momentum": 0.99},
-        optim={"time_budget_minutes": time_budget, "device": device, "batch_size": 64},
+        optim={
+            "time_budget_minutes": time_budget,
+            "device": device,
+            "batch_size": 64,
+            "compile": False,
+        },
     )
     from imgcluster.rundir import numbered_run_dir
 
