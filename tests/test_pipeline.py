@@ -48,6 +48,20 @@ def test_time_budget_sets_the_epoch_count(tiny: Path, tmp_path: Path):
     assert history[-1]["epochs_total"] == result.epochs == len(history)
 
 
+def test_time_budget_keeps_time_for_export_and_report(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A budget that the work after training would use up leaves room for the first epoch only
+    (a budget never undoes an epoch); without the report that work is shorter."""
+    import imgcluster.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "REPORT_SECONDS", 3600.0)
+    cfg = config(tiny, epochs=3, time_budget_minutes=30)
+    assert fit(cfg, tmp_path / "r").epochs == 1
+    monkeypatch.setattr(pipeline, "EXPORT_SECONDS", 0.0)
+    assert fit(cfg, tmp_path / "s", report=False).epochs == 3
+
+
 @pytest.mark.parametrize(
     "switch", [{"cross_cluster": False}, {"online_cd": False}, {"hard_mining": False}]
 )
