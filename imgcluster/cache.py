@@ -29,6 +29,7 @@ import numpy as np
 import PIL
 
 from imgcluster.decode import DecodeError, decode_image, image_shape, resize_array
+from imgcluster.rundir import fsync_dir
 
 FORMAT_VERSION = 1  # bump when the decode pipeline or file layout changes
 _DECODER_ID = f"imgcluster-decode-v{FORMAT_VERSION}/pillow-{PIL.__version__}"
@@ -270,7 +271,7 @@ def _write_manifest(
         "npy_bytes": npy.stat().st_size,
     }
     _write_json_atomic(manifest, meta)
-    _fsync_dir(manifest.parent)
+    fsync_dir(manifest.parent)
 
 
 def _split(
@@ -496,17 +497,3 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the renames durable; not possible (nor needed) on every platform."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcluster.rundir import RunError, atomic_write_bytes
+from imgcluster.rundir import RunError, atomic_write_bytes, fsync_dir
 
 MANIFEST = ".imgcluster-manifest.json"
 _LEFTOVER = re.compile(r"\.(.+)\.(?:imgcluster-)?tmp-\d+")  # temporary names of a killed export
@@ -335,16 +335,7 @@ class _OutDir:
     def sync_folders(self) -> None:
         """fsync every folder written in, so the renames survive a crash."""
         for rel in self.touched:
-            try:
-                fd = os.open(self.out / rel, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            except OSError:
-                pass  # not supported for folders everywhere
-            finally:
-                os.close(fd)
+            fsync_dir(self.out / rel)
 
 
 def _make_dir(path: Path) -> None:

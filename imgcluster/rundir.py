@@ -48,6 +48,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise RunError(f"cannot write {path}: {e.strerror or e}") from e
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make the renames into ``folder`` durable; not possible (nor needed) on every platform."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
