@@ -29,7 +29,7 @@ import numpy as np
 import PIL
 
 from imgcluster.decode import DecodeError, decode_image, image_shape, resize_array
-from imgcluster.rundir import fsync_dir
+from imgcluster.rundir import fsync_dir, process_alive
 
 FORMAT_VERSION = 1  # bump when the decode pipeline or file layout changes
 _DECODER_ID = f"imgcluster-decode-v{FORMAT_VERSION}/pillow-{PIL.__version__}"
@@ -233,22 +233,8 @@ def _remove_dead_temporaries(folder: Path, key: str) -> None:
     a decode killed by SIGKILL cannot clean up, and its half-written array may be large."""
     for tmp in folder.glob(f"{key}.*.tmp-*"):
         pid = tmp.name.rpartition(".tmp-")[2].split("-")[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    """True unless process ``pid`` surely no longer exists (unknown on non-POSIX systems, where
-    ``os.kill`` would end the process)."""
-    if pid == os.getpid() or os.name != "posix":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _write_manifest(

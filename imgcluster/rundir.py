@@ -8,6 +8,7 @@ killed at any moment leaves the old file or the new one, never a torn one. Check
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -34,8 +35,13 @@ class RunError(Exception):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new, never a mix."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new, never a mix.
+
+    The temporary file of an earlier write to ``path`` whose process was killed (SIGKILL leaves
+    no time to clean up; a checkpoint's may be large) is removed first.
+    """
     path = Path(path)
+    remove_dead_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -46,6 +52,37 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise RunError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def remove_dead_temporaries(path: Path) -> None:
+    """Delete ``.<name>.tmp-<pid>``, the temporaries of atomic writes to ``path`` by processes
+    that no longer exist. A live writer's temporary (another command at work) is left alone."""
+    path = Path(path)
+    prefix = f".{path.name}.tmp-"
+    try:
+        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix) :]
+        if pid.isdigit() and not process_alive(int(pid)):
+            # Gone already, or not ours to remove: the write goes on regardless.
+            with contextlib.suppress(OSError):
+                (path.parent / name).unlink()
+
+
+def process_alive(pid: int) -> bool:
+    """True unless process ``pid`` surely no longer exists (unknown on non-POSIX systems, where
+    ``os.kill`` would end the process)."""
+    if pid == os.getpid() or os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def fsync_dir(folder: Path) -> None:
