@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import hashlib
+import io
 import json
 import logging
 import math
@@ -43,6 +44,16 @@ _log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 ChunkResult = tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]
+Written = tuple[int, list[tuple[int, str]]]  # rows written into the array file, failures
+
+
+@dataclass(frozen=True)
+class ArrayFile:
+    """The ``.npy`` being built: its rows (``row_bytes`` each) start ``offset`` bytes in."""
+
+    file: str
+    offset: int
+    row_bytes: int
 
 
 @dataclass
@@ -301,27 +312,31 @@ def _decode_all(
     workers: int | None,
     progress: Progress | None,
 ) -> dict[int, str]:
-    """Decode every path into row ``i`` of a new ``.npy`` at ``tmp``; return failures by index."""
+    """Decode every path into row ``i`` of a new ``.npy`` at ``tmp``; return failures by index.
+
+    The file is created at its full size; each decoder (this process or a worker) writes the
+    rows it decoded in place, so a worker's pixels never travel back through a pipe.
+    """
     total = len(paths)
-    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, 3, size, size))
+    header = np.lib.format.header_data_from_array_1_0(np.empty((0, 3, size, size), np.uint8))
+    with open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {**header, "shape": (total, 3, size, size)})
+        target = ArrayFile(str(tmp), fh.tell(), 3 * size * size)
+        fh.truncate(target.offset + total * target.row_bytes)
     failures: dict[int, str] = {}
     done = 0
-    for indices, images, failed in _decode_chunks(str(root), paths, size, workers):
-        if len(indices):
-            rows[indices] = images
+    for written, failed in _decode_chunks(str(root), paths, size, workers, target):
         failures.update(failed)
-        done += len(indices) + len(failed)
+        done += written + len(failed)
         if progress is not None:
             progress(done, total)
-    rows.flush()
-    del rows  # unmap before the file is renamed or copied
     return failures
 
 
 def _decode_chunks(
-    root: str, paths: Sequence[str], size: int, workers: int | None
-) -> Iterator[ChunkResult]:
-    """Yield decoded chunks: from a process pool, or in this process.
+    root: str, paths: Sequence[str], size: int, workers: int | None, target: ArrayFile
+) -> Iterator[Written]:
+    """Decode chunks into ``target``, yielding each one's outcome: in a process pool, or here.
 
     The first chunk is always decoded here and timed; the pool is only started when the rest
     would take longer in this process than a pool takes to start (tiny folders stay in-process).
@@ -334,14 +349,14 @@ def _decode_chunks(
     if n_workers > 1 and len(remaining) > 1:
         start_worker_server()  # it loads while the first chunk is decoded here
         began = time.perf_counter()
-        first = decode_chunk(root, list(paths[:chunk]), 0, size)
+        first = decode_chunk_into(root, list(paths[:chunk]), 0, size, target)
         serial_rest = (time.perf_counter() - began) / chunk * (len(paths) - chunk)
         del remaining[0]
         yield first
         if serial_rest > _POOL_MIN_SECONDS:
-            yield from _pool_or_fallback(root, paths, size, chunk, remaining, n_workers)
+            yield from _pool_or_fallback(root, paths, size, chunk, remaining, n_workers, target)
     for start in remaining:
-        yield decode_chunk(root, list(paths[start : start + chunk]), start, size)
+        yield decode_chunk_into(root, list(paths[start : start + chunk]), start, size, target)
 
 
 def _pool_or_fallback(
@@ -351,11 +366,13 @@ def _pool_or_fallback(
     chunk: int,
     remaining: dict[int, None],
     n_workers: int,
-) -> Iterator[ChunkResult]:
+    target: ArrayFile,
+) -> Iterator[Written]:
     """Decode chunks in a pool, deleting each received start from ``remaining``."""
     n_workers = min(n_workers, len(remaining))
+    starts = list(remaining)
     try:
-        for start, result in _pool_chunks(root, paths, size, chunk, list(remaining), n_workers):
+        for start, result in _pool_chunks(root, paths, size, chunk, starts, n_workers, target):
             del remaining[start]
             yield result
     except (cf.process.BrokenProcessPool, OSError) as exc:
@@ -370,8 +387,14 @@ def usable_cpus() -> int:
 
 
 def _pool_chunks(
-    root: str, paths: Sequence[str], size: int, chunk: int, starts: list[int], n_workers: int
-) -> Iterator[tuple[int, ChunkResult]]:
+    root: str,
+    paths: Sequence[str],
+    size: int,
+    chunk: int,
+    starts: list[int],
+    n_workers: int,
+    target: ArrayFile,
+) -> Iterator[tuple[int, Written]]:
     """Decode chunks with ``n_workers`` decoders: this process and ``n_workers - 1`` worker
     processes, at most ``2 · (n_workers - 1)`` chunks queued for them (bounded RAM).
 
@@ -382,17 +405,18 @@ def _pool_chunks(
     queue = collections.deque(starts)
     processes = max(1, n_workers - 1)
     pool = cf.ProcessPoolExecutor(processes, mp_context=worker_context(), initializer=ignore_sigint)
-    in_flight: dict[cf.Future[ChunkResult], int] = {}
+    in_flight: dict[cf.Future[Written], int] = {}
     try:
         while queue or in_flight:
             while queue and len(in_flight) < 2 * processes:
                 start = queue.popleft()
                 batch = list(paths[start : start + chunk])
-                in_flight[pool.submit(decode_chunk, root, batch, start, size)] = start
+                future = pool.submit(decode_chunk_into, root, batch, start, size, target)
+                in_flight[future] = start
             finished = [future for future in in_flight if future.done()]
             if not finished and queue:
                 start = queue.popleft()
-                yield start, _decode_here(root, paths, start, chunk, size)
+                yield start, _decode_here(root, paths, start, chunk, size, target)
                 continue
             if not finished:
                 finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
@@ -417,15 +441,25 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _decode_here(root: str, paths: Sequence[str], start: int, chunk: int, size: int) -> ChunkResult:
+def _decode_here(
+    root: str, paths: Sequence[str], start: int, chunk: int, size: int, target: ArrayFile
+) -> Written:
     """Chunk ``start`` decoded in this process, while the workers decode others."""
-    return decode_chunk(root, list(paths[start : start + chunk]), start, size)
+    return decode_chunk_into(root, list(paths[start : start + chunk]), start, size, target)
 
 
 def start_worker_server() -> None:
-    """Start the forkserver now, without waiting for it (a no-op where workers are spawned)."""
-    if worker_context().get_start_method() == "forkserver":
+    """Start the forkserver now, without waiting for it (a no-op where workers are spawned).
+
+    Where processes cannot be started, nothing happens here: the decode then runs in this
+    process (see :func:`_pool_or_fallback`).
+    """
+    if worker_context().get_start_method() != "forkserver":
+        return
+    try:
         multiprocessing.forkserver.ensure_running()
+    except OSError as exc:
+        _log.debug("decode worker server not started: %s", exc)
 
 
 def ignore_sigint() -> None:
@@ -446,6 +480,31 @@ def decode_chunk(root: str, paths: list[str], start: int, size: int) -> ChunkRes
             continue
         indices.append(start + offset)
     return np.asarray(indices, dtype=np.int64), images[: len(indices)], failures
+
+
+def decode_chunk_into(
+    root: str, paths: list[str], start: int, size: int, target: ArrayFile
+) -> Written:
+    """:func:`decode_chunk`, each decoded row written at its place in ``target``; returns the
+    number of rows written and the failures (whose rows stay zero, to be compacted away)."""
+    indices, images, failures = decode_chunk(root, paths, start, size)
+    # Consecutive indices are consecutive rows of the file: one write per unbroken run.
+    bounds = [0, *(np.flatnonzero(np.diff(indices) != 1) + 1).tolist(), len(indices)]
+    with open(target.file, "r+b", buffering=0) as fh:
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            if hi > lo:
+                fh.seek(target.offset + int(indices[lo]) * target.row_bytes)
+                _write_all(fh, memoryview(images[lo:hi]).cast("B"))
+    return len(indices), failures
+
+
+def _write_all(fh: io.RawIOBase, data: memoryview) -> None:
+    """A raw write may take only part of the bytes: write on until all are."""
+    while data:
+        n = fh.write(data)
+        if not n:
+            raise OSError(f"no progress writing {fh.name}")
+        data = data[n:]
 
 
 def _compact(src: Path, keep: Sequence[int], dst: Path) -> None:

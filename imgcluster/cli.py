@@ -212,6 +212,7 @@ def fit(
         config = with_source(config, source, data_root, download, k_given=k is not None)
     elif data_root is not None:
         config = config.replace(data={"data_root": str(data_root)})
+    start_decoders(config.data.workers)
     result = run_fit(config, out, resume, report=not no_report)
     if result is not None:  # None on torchrun's other ranks: rank 0 reports
         print_fit_summary(result)
@@ -235,6 +236,16 @@ def with_source(
     if data_root is not None or download:
         fail(f"--data-root and --download go with a benchmark set ({', '.join(BENCHMARKS)})")
     return config.replace(data={"source": str(source)})
+
+
+def start_decoders(workers: int | None) -> None:
+    """Start the decode workers' server now, so that it loads while torch or onnxruntime does:
+    the decode then finds it ready (it takes ~0.4 s to start, ~15 % of decoding 10,000 small
+    JPEGs). A folder too small for workers, or an existing decode cache, leaves it idle."""
+    from imgcluster.cache import start_worker_server, usable_cpus
+
+    if (workers if workers is not None else usable_cpus()) > 1:
+        start_worker_server()
 
 
 def run_fit(config: RunConfig, out: Path | None, resume: bool, report: bool = True) -> Any:
@@ -393,11 +404,12 @@ def assign(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Assign images to a trained run's clusters (onnxruntime; torch not needed)."""
+    if unsure_below is not None and export_folders is None:
+        fail("--unsure-below sorts images into OUT/unsure/: give --export-folders OUT too")
+    start_decoders(workers)
     from imgcluster.assignment import assign as assign_images
     from imgcluster.rundir import RunError
 
-    if unsure_below is not None and export_folders is None:
-        fail("--unsure-below sorts images into OUT/unsure/: give --export-folders OUT too")
     options = {
         "run": run, "model": model, "export_folders_to": export_folders, "mode": mode,
         "batch_size": batch_size, "unsure_below": unsure_below, "csv": csv, "workers": workers,

@@ -163,15 +163,15 @@ def test_workers_match_in_process_byte_for_byte(
     real_pool_chunks = cache_mod._pool_chunks
 
     def _spy(*args, **kwargs):
-        pools.append(args[-1])
+        pools.append(args[5])  # n_workers
         yield from real_pool_chunks(*args, **kwargs)
 
     here: list[int] = []  # chunks this process decoded while its worker ran
     real_decode_here = cache_mod._decode_here
 
-    def _decode_here(root, paths, start, chunk, size):
+    def _decode_here(root, paths, start, chunk, size, target):
         here.append(start)
-        return real_decode_here(root, paths, start, chunk, size)
+        return real_decode_here(root, paths, start, chunk, size, target)
 
     monkeypatch.setattr(cache_mod, "_pool_chunks", _spy)
     monkeypatch.setattr(cache_mod, "_decode_here", _decode_here)
