@@ -3,8 +3,9 @@
 Notation (SCL.md): q = f_θ(T1(I)) and k = f_θ̃(T2(I)) are l2-normalised n×d; the semantic
 memory holds C banks of B keys; τ is the temperature. Eq. 1 and Eq. 3 both read the one matrix
 product q·[M_1 ... M_C]ᵀ (:func:`memory_logits`), reduced once to a log-sum-exp per bank
-(:func:`bank_logsumexp`); a mask then removes each row's own bank for Eq. 1.
-All reductions run in float32 even when the matmul ran in bf16 under autocast.
+(:func:`bank_logsumexp`, which computes its own gradient in closed form); a mask then removes
+each row's own bank for Eq. 1. All reductions run in float32 even when the matmul ran in bf16
+under autocast.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from torch import Tensor
 def memory_logits(q: Tensor, memory: Tensor, num_banks: int, temperature: float) -> Tensor:
     """cos(q_i, k̃)/τ for every key of every bank.
 
-    q: n×d, memory: (C·B)×d (banks concatenated) → n×C×B, float32. The 1/τ is applied to q
-    (n×d) before the product rather than to the n×C×B result: one pass fewer over the largest
-    tensor of the step.
+    q: n×d, memory: (C·B)×d (banks concatenated) → n×C×B, at least float32 (float64 stays).
+    The 1/τ is applied to q (n×d) before the product rather than to the n×C×B result: one
+    pass fewer over the largest tensor of the step.
     """
-    return ((q * (1.0 / temperature)) @ memory.T).float().view(q.shape[0], num_banks, -1)
+    logits = (q * (1.0 / temperature)) @ memory.T
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 → float32
+    return logits.view(q.shape[0], num_banks, -1)
 
 
 def mask_own_keys_(mem_logits: Tensor, key_ids: Tensor, idx: Tensor) -> Tensor:
@@ -30,24 +33,57 @@ def mask_own_keys_(mem_logits: Tensor, key_ids: Tensor, idx: Tensor) -> Tensor:
 
     mem_logits: n×C×B; key_ids: C×B image index of each key; idx: n. On a folder not much
     larger than the memory, an image's previous key is nearly always stored; as a negative it
-    would push q away from itself, and in Eq. 3 it would vote for its old cluster.
-
-    The fill bypasses autograd. Every consumer of these logits is a log-sum-exp, whose gradient
-    at a −inf entry is e^{−inf} = 0, so those entries get no gradient either way; in place, the
-    step neither copies the n×C×B tensor nor keeps the mask for the backward pass.
+    would push q away from itself, and in Eq. 3 it would vote for its old cluster. A masked
+    entry is left out of every sum over the memory, and so gets no gradient.
     """
     own = key_ids[None, :, :] == idx[:, None, None]
     with torch.no_grad():
         return mem_logits.masked_fill_(own, float("-inf"))
 
 
-def bank_logsumexp(mem_logits: Tensor) -> Tensor:
-    """log Σ_{k̃∈M_j} e^{cos(q_i,k̃)/τ} for every image i and bank j: n×C×B → n×C.
+def bank_logsumexp(
+    q: Tensor, memory: Tensor, key_ids: Tensor, idx: Tensor, num_banks: int, temperature: float
+) -> Tensor:
+    """log Σ_{k̃∈M_j, k̃ not i's own} e^{cos(q_i,k̃)/τ} for every image i and bank j → n×C.
 
     The one reduction over the memory that Eq. 1 and Eq. 3 share: a log-sum-exp over a union
-    of banks is the log-sum-exp of their per-bank log-sum-exps.
+    of banks is the log-sum-exp of their per-bank log-sum-exps. q: n×d (the only input with a
+    gradient), memory: (C·B)×d, key_ids: C×B, idx: n (see :func:`mask_own_keys_`). A bank
+    whose every key is masked gives −inf, and no gradient.
     """
-    return torch.logsumexp(mem_logits, dim=2)
+    return _BankLogSumExp.apply(q, memory, key_ids, idx, num_banks, temperature)
+
+
+class _BankLogSumExp(torch.autograd.Function):
+    """:func:`bank_logsumexp` with its gradient in closed form.
+
+    With ℓ_ijb = q_i·k̃_jb/τ and lse_ij = log Σ_b e^{ℓ_ijb}: ∂lse_ij/∂q_i = (1/τ) Σ_b π_ijb k̃_jb,
+    π_ijb = e^{ℓ_ijb − lse_ij} (the softmax within bank j). The forward pass keeps the
+    exponentials it computes anyway, so the backward pass is one product and one matmul; the
+    generic path (logits → torch.logsumexp) recomputes them and keeps the logits besides.
+    """
+
+    @staticmethod
+    def forward(ctx, q, memory, key_ids, idx, num_banks, temperature):  # type: ignore[override]
+        logits = mask_own_keys_(memory_logits(q, memory, num_banks, temperature), key_ids, idx)
+        peak = logits.amax(dim=2, keepdim=True)
+        peak = torch.where(torch.isfinite(peak), peak, 0.0)  # an all-masked bank: e^−inf = 0
+        exps = logits.sub_(peak).exp_()  # in place: the logits are not needed again
+        mass = exps.sum(dim=2)  # n×C
+        ctx.save_for_backward(exps, mass, memory)
+        ctx.scale, ctx.dtype = 1.0 / temperature, q.dtype
+        return mass.log() + peak.squeeze(2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        exps, mass, memory = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 6
+        per_bank = torch.where(mass > 0, grad / mass, 0.0) * ctx.scale  # n×C
+        weights = (exps * per_bank.unsqueeze(2)).flatten(1)  # n×(C·B): π_ijb·g_ij/τ
+        grad_q = (weights @ memory.to(weights.dtype)).to(ctx.dtype)
+        return grad_q, None, None, None, None, None
 
 
 def info_nce(positive: Tensor, negatives: Tensor) -> Tensor:
@@ -108,11 +144,11 @@ def cluster_discrimination_loss(head_logits: Tensor, target: Tensor) -> Tensor:
     return -(target * log_p).sum(dim=1).mean()
 
 
-def instance_loss(q: Tensor, k: Tensor, queue_logits: Tensor, temperature: float) -> Tensor:
+def instance_loss(q: Tensor, k: Tensor, queue_lse: Tensor, temperature: float) -> Tensor:
     """MoCo's InfoNCE (the 'over-clustering' task): every queued key is a negative.
 
-    q, k: n×d; queue_logits: n×K, cos(q_i, queue key)/τ (from :func:`memory_logits` with one
-    bank, own keys masked) → scalar batch mean.
+    q, k: n×d; queue_lse: n×1, log Σ_{queued keys} e^{cos(q_i, key)/τ} (from
+    :func:`bank_logsumexp` with one bank, own keys masked) → scalar batch mean.
     """
     positive = (q * k).sum(dim=1).float() / temperature
-    return info_nce(positive, queue_logits).mean()
+    return info_nce(positive, queue_lse).mean()

@@ -23,8 +23,6 @@ from imgcluster.losses import (
     cluster_discrimination_loss,
     cross_cluster_id_loss,
     instance_loss,
-    mask_own_keys_,
-    memory_logits,
     memory_soft_assignment,
     weighted_loss,
 )
@@ -70,8 +68,7 @@ class ClusteringTask(nn.Module):
         batch_idx: under DDP, the W·n ids of the global batch that idx is one rank's share of.
         """
         y = self.labels[idx]  # n
-        logits = memory_logits(q, self.memory.flat(), self.num_clusters, cfg.temperature)  # n×C×B
-        bank_lse = bank_logsumexp(mask_own_keys_(logits, self.memory.ids, idx))  # n×C
+        bank_lse = self.bank_lse(q, idx, cfg.temperature)  # n×C
         per_sample = cross_cluster_id_loss(q, k, bank_lse, y, cfg.temperature, cfg.cross_cluster)
         weights = hard_sample_weights(self.flips[idx]) if cfg.hard_mining else None
         if weights is not None and batch_idx is not None:
@@ -84,8 +81,12 @@ class ClusteringTask(nn.Module):
 
     def soft_assignment(self, q: Tensor, idx: Tensor, temperature: float) -> Tensor:
         """Eq. 3 for the label update: p̃ of images idx (q: n×d) over this task's banks → n×C."""
-        logits = memory_logits(q, self.memory.flat(), self.num_clusters, temperature)
-        return memory_soft_assignment(bank_logsumexp(mask_own_keys_(logits, self.memory.ids, idx)))
+        return memory_soft_assignment(self.bank_lse(q, idx, temperature))
+
+    def bank_lse(self, q: Tensor, idx: Tensor, temperature: float) -> Tensor:
+        """Eq. 1 and 3's shared reduction over this task's banks, own keys left out → n×C."""
+        memory = self.memory
+        return bank_logsumexp(q, memory.flat(), memory.ids, idx, self.num_clusters, temperature)
 
 
 class SCL(nn.Module):
@@ -127,9 +128,9 @@ class SCL(nn.Module):
         for task in self.tasks.values():
             task_id, task_cd = task.losses(q, k, idx, self.cfg, batch_idx)
             l_id, l_cd = l_id + task_id, l_cd + task_cd
-        queue_logits = memory_logits(q, self.queue.flat(), 1, self.cfg.temperature)  # n×1×K
-        queue_logits = mask_own_keys_(queue_logits, self.queue.ids, idx).flatten(1)
-        l_inst = instance_loss(q, k, queue_logits, self.cfg.temperature)
+        tau = self.cfg.temperature
+        queue_lse = bank_logsumexp(q, self.queue.flat(), self.queue.ids, idx, 1, tau)  # n×1
+        l_inst = instance_loss(q, k, queue_lse, tau)
         total = self.cfg.alpha * l_id + self.cfg.beta * l_cd + l_inst
         return LossTerms(total=total, id=l_id, cd=l_cd, instance=l_inst)
 

@@ -26,6 +26,12 @@ def _unit(*shape: int) -> torch.Tensor:
     return F.normalize(torch.randn(*shape, dtype=torch.float64), dim=-1)
 
 
+def _lse(q: torch.Tensor, memory: torch.Tensor, c: int, tau: float = TAU) -> torch.Tensor:
+    """bank_logsumexp with no key belonging to a batch image (nothing masked)."""
+    key_ids = torch.full((c, memory.shape[0] // c), -1)
+    return bank_logsumexp(q, memory, key_ids, torch.arange(q.shape[0]), c, tau)
+
+
 def naive_cross_cluster_id(q, k, banks, labels, tau, cross_cluster=True):
     """Eq. 1 written as the paper does, one image at a time."""
     out = []
@@ -55,7 +61,7 @@ def test_cross_cluster_id_matches_naive_loop():
     n, c, b, d = 6, 4, 5, 8
     q, k, banks = _unit(n, d), _unit(n, d), _unit(c, b, d)
     labels = torch.tensor([0, 1, 2, 3, 1, 0])
-    lse = bank_logsumexp(memory_logits(q, banks.reshape(-1, d), c, TAU).double())
+    lse = _lse(q, banks.reshape(-1, d), c)
     for cross in (True, False):
         got = cross_cluster_id_loss(q, k, lse, labels, TAU, cross_cluster=cross)
         want = naive_cross_cluster_id(q, k, banks, labels, TAU, cross_cluster=cross)
@@ -69,7 +75,7 @@ def test_id_loss_closed_form_with_orthogonal_negatives():
     q[0, 0] = 1.0
     banks = torch.zeros(c, b, d)
     banks[..., 1] = 1.0  # orthogonal to q: cos = 0, e^0 = 1 each
-    lse = bank_logsumexp(memory_logits(q, banks.reshape(-1, d), c, TAU))
+    lse = _lse(q, banks.reshape(-1, d), c)
     got = cross_cluster_id_loss(q, q, lse, torch.tensor([2]), TAU)
     m = (c - 1) * b  # own bank excluded
     want = -math.log(math.exp(1 / TAU) / (math.exp(1 / TAU) + m))
@@ -80,8 +86,7 @@ def test_soft_assignment_matches_naive_and_has_no_gradient():
     torch.manual_seed(1)
     q, banks = _unit(5, 6), _unit(3, 7, 6)
     q.requires_grad_(True)
-    logits = memory_logits(q, banks.reshape(-1, 6), 3, TAU)
-    p = memory_soft_assignment(bank_logsumexp(logits))
+    p = memory_soft_assignment(_lse(q, banks.reshape(-1, 6), 3))
     torch.testing.assert_close(p.double(), naive_soft_assignment(q.detach(), banks, TAU))
     torch.testing.assert_close(p.sum(1), torch.ones(5, dtype=p.dtype))
     assert not p.requires_grad
@@ -89,7 +94,7 @@ def test_soft_assignment_matches_naive_and_has_no_gradient():
 
 def test_soft_assignment_is_stable_at_small_temperature():
     q, banks = _unit(4, 8).float(), _unit(3, 50, 8).float()
-    p = memory_soft_assignment(bank_logsumexp(memory_logits(q, banks.reshape(-1, 8), 3, 0.001)))
+    p = memory_soft_assignment(_lse(q, banks.reshape(-1, 8), 3, 0.001))
     assert torch.isfinite(p).all()
 
 
@@ -118,8 +123,7 @@ def test_instance_loss_is_moco_infonce():
     q, k, queue = _unit(5, 8).float(), _unit(5, 8).float(), _unit(20, 8).float()
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], 1) / TAU
     want = F.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
-    queue_logits = memory_logits(q, queue, 1, TAU).flatten(1)
-    torch.testing.assert_close(instance_loss(q, k, queue_logits, TAU), want)
+    torch.testing.assert_close(instance_loss(q, k, _lse(q, queue, 1), TAU), want)
 
 
 def test_own_keys_are_masked_and_only_them():
@@ -145,8 +149,8 @@ def reference_id_loss(q, k, memory, key_ids, idx, labels, c, tau):
 
 
 def test_id_loss_and_its_gradient_match_the_direct_formulation():
-    """Shared per-bank log-sum-exps, 1/τ folded into q and the in-place own-key mask (no
-    gradient of its own) give the same loss and the same gradient as the direct form."""
+    """Shared per-bank log-sum-exps, 1/τ folded into q, the in-place own-key mask and the
+    closed-form gradient give the same loss and the same gradient as the direct form."""
     torch.manual_seed(4)
     n, c, b, d = 6, 4, 5, 8
     memory, k = _unit(c * b, d), _unit(n, d)
@@ -155,7 +159,7 @@ def test_id_loss_and_its_gradient_match_the_direct_formulation():
     q1 = _unit(n, d).requires_grad_(True)
     q2 = q1.detach().clone().requires_grad_(True)
     want = reference_id_loss(q1, k, memory, key_ids, idx, labels, c, TAU)
-    lse = bank_logsumexp(mask_own_keys_(memory_logits(q2, memory, c, TAU), key_ids, idx))
+    lse = bank_logsumexp(q2, memory, key_ids, idx, c, TAU)
     got = cross_cluster_id_loss(q2, k, lse, labels, TAU).mean()
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)  # float32 logits
     want.backward()
@@ -176,3 +180,43 @@ def test_weighted_loss_uniform_weights_equal_mean():
     w = torch.zeros(9)
     w[3] = 1.0
     torch.testing.assert_close(weighted_loss(losses, w), losses[3])
+
+
+def test_bank_logsumexp_gradient_is_exact() -> None:
+    """The closed-form backward against finite differences (float64), own keys masked."""
+    torch.manual_seed(5)
+    n, c, b, d = 4, 3, 5, 6
+    memory, key_ids = _unit(c * b, d), torch.randint(0, 6, (c, b))
+    q = _unit(n, d).requires_grad_(True)
+
+    def fn(q: torch.Tensor) -> torch.Tensor:
+        return bank_logsumexp(q, memory, key_ids, torch.arange(n), c, 0.5)
+
+    assert torch.autograd.gradcheck(fn, (q,))
+
+
+def test_bank_logsumexp_matches_torch_logsumexp_and_survives_an_all_masked_bank() -> None:
+    torch.manual_seed(6)
+    n, c, b, d = 3, 2, 4, 8
+    memory, idx = _unit(c * b, d).float(), torch.tensor([7, 8, 9])
+    key_ids = torch.tensor([[7, 7, 7, 7], [1, 8, 2, 3]])  # bank 0 holds only image 7's keys
+    q1 = _unit(n, d).float().requires_grad_(True)
+    q2 = q1.detach().clone().requires_grad_(True)
+    logits = (q1 @ memory.T / TAU).view(n, c, b)
+    logits = logits.masked_fill(key_ids[None] == idx[:, None, None], float("-inf"))
+    want = torch.logsumexp(logits, dim=2)
+    got = bank_logsumexp(q2, memory, key_ids, idx, c, TAU)
+    torch.testing.assert_close(got, want)
+    assert got[0, 0] == float("-inf")  # every key of bank 0 is image 7's own
+    weights = torch.tensor([[0.0, 1.0], [2.0, -1.0], [0.5, 3.0]])
+    (want.masked_fill(torch.isinf(want), 0) * weights).sum().backward()
+    (got.masked_fill(torch.isinf(got), 0) * weights).sum().backward()
+    assert torch.isfinite(q2.grad).all()
+    torch.testing.assert_close(q2.grad[1:], q1.grad[1:])
+
+
+def test_memory_logits_compute_in_float32_or_better() -> None:
+    q, memory = _unit(2, 4), _unit(6, 4)
+    assert memory_logits(q, memory, 3, TAU).dtype == torch.float64
+    assert memory_logits(q.bfloat16(), memory.bfloat16(), 3, TAU).dtype == torch.float32
+    assert memory_logits(q, memory, 3, TAU).shape == (2, 3, 2)
