@@ -36,6 +36,7 @@ FORMAT_VERSION = 1  # bump when the decode pipeline or file layout changes
 _DECODER_ID = f"imgcluster-decode-v{FORMAT_VERSION}/pillow-{PIL.__version__}"
 _MAX_CHUNK = 256  # paths per worker task
 _MIN_CHUNK = 16
+_PROBE = 32  # images timed before deciding on a worker pool
 _COPY_ROWS = 1024  # rows per step when compacting, bounds RAM use
 # A worker pool takes ~0.5-1.5 s to start (forkserver + imports): only worth it beyond that.
 _POOL_MIN_SECONDS = 1.0
@@ -338,41 +339,56 @@ def _decode_chunks(
 ) -> Iterator[Written]:
     """Decode chunks into ``target``, yielding each one's outcome: in a process pool, or here.
 
-    The first chunk is always decoded here and timed; the pool is only started when the rest
-    would take longer in this process than a pool takes to start (tiny folders stay in-process).
-    If the pool cannot start or breaks (e.g. ``__main__`` cannot be re-imported by the worker,
-    or process creation is not allowed), the chunks not yet received are decoded here instead.
+    A first few images (a probe) are always decoded here and timed; the pool is only started
+    when the rest would take longer in this process than a pool takes to start (tiny folders
+    stay in-process). The probe is short, so that the worker starts soon: until then this
+    process decodes alone. If the pool cannot start or breaks (e.g. ``__main__`` cannot be
+    re-imported by the worker, or process creation is not allowed), the chunks not yet received
+    are decoded here instead.
     """
     n_workers = max(1, workers if workers is not None else usable_cpus())
     chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, math.ceil(len(paths) / (4 * n_workers))))
-    remaining = dict.fromkeys(range(0, len(paths), chunk))  # ordered set of chunk starts
-    if n_workers > 1 and len(remaining) > 1:
-        start_worker_server()  # it loads while the first chunk is decoded here
+    if n_workers > 1 and len(paths) > chunk:
+        start_worker_server()  # it loads while the probe is decoded here
+        probe = min(chunk, _PROBE)
         began = time.perf_counter()
-        first = decode_chunk_into(root, list(paths[:chunk]), 0, size, target)
-        serial_rest = (time.perf_counter() - began) / chunk * (len(paths) - chunk)
-        del remaining[0]
-        yield first
+        yield decode_chunk_into(root, list(paths[:probe]), 0, size, target)
+        serial_rest = (time.perf_counter() - began) / probe * (len(paths) - probe)
+        remaining = _chunks(probe, len(paths), chunk, n_workers)
         if serial_rest > _POOL_MIN_SECONDS:
-            yield from _pool_or_fallback(root, paths, size, chunk, remaining, n_workers, target)
-    for start in remaining:
-        yield decode_chunk_into(root, list(paths[start : start + chunk]), start, size, target)
+            yield from _pool_or_fallback(root, paths, size, remaining, n_workers, target)
+    else:
+        remaining = _chunks(0, len(paths), chunk, 1)
+    for start, count in remaining.items():
+        yield decode_chunk_into(root, list(paths[start : start + count]), start, size, target)
+
+
+def _chunks(begin: int, end: int, chunk: int, n_workers: int) -> dict[int, int]:
+    """Chunks of images ``begin:end`` as ``{start: count}``, in order: ``chunk`` images each,
+    shrinking towards the end (each at most a ``4·n_workers``-th of what is left, and at least
+    ``_MIN_CHUNK``), so that the decoders finish together rather than one waiting for a last
+    long chunk of another."""
+    chunks, start = {}, begin
+    while start < end:
+        count = max(_MIN_CHUNK, min(chunk, math.ceil((end - start) / (4 * n_workers))))
+        chunks[start] = min(count, end - start)
+        start += chunks[start]
+    return chunks
 
 
 def _pool_or_fallback(
     root: str,
     paths: Sequence[str],
     size: int,
-    chunk: int,
-    remaining: dict[int, None],
+    remaining: dict[int, int],
     n_workers: int,
     target: ArrayFile,
 ) -> Iterator[Written]:
     """Decode chunks in a pool, deleting each received start from ``remaining``."""
     n_workers = min(n_workers, len(remaining))
-    starts = list(remaining)
+    tasks = list(remaining.items())
     try:
-        for start, result in _pool_chunks(root, paths, size, chunk, starts, n_workers, target):
+        for start, result in _pool_chunks(root, paths, size, tasks, n_workers, target):
             del remaining[start]
             yield result
     except (cf.process.BrokenProcessPool, OSError) as exc:
@@ -390,8 +406,7 @@ def _pool_chunks(
     root: str,
     paths: Sequence[str],
     size: int,
-    chunk: int,
-    starts: list[int],
+    tasks: list[tuple[int, int]],
     n_workers: int,
     target: ArrayFile,
 ) -> Iterator[tuple[int, Written]]:
@@ -402,21 +417,21 @@ def _pool_chunks(
     (a second or so) costs nothing, and it would otherwise sit idle. Chunks come back out of
     order, each with its start.
     """
-    queue = collections.deque(starts)
+    queue = collections.deque(tasks)  # (start, count)
     processes = max(1, n_workers - 1)
     pool = cf.ProcessPoolExecutor(processes, mp_context=worker_context(), initializer=ignore_sigint)
     in_flight: dict[cf.Future[Written], int] = {}
     try:
         while queue or in_flight:
             while queue and len(in_flight) < 2 * processes:
-                start = queue.popleft()
-                batch = list(paths[start : start + chunk])
+                start, count = queue.popleft()
+                batch = list(paths[start : start + count])
                 future = pool.submit(decode_chunk_into, root, batch, start, size, target)
                 in_flight[future] = start
             finished = [future for future in in_flight if future.done()]
             if not finished and queue:
-                start = queue.popleft()
-                yield start, _decode_here(root, paths, start, chunk, size, target)
+                start, count = queue.popleft()
+                yield start, _decode_here(root, paths, start, count, size, target)
                 continue
             if not finished:
                 finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
@@ -442,10 +457,10 @@ def worker_context() -> multiprocessing.context.BaseContext:
 
 
 def _decode_here(
-    root: str, paths: Sequence[str], start: int, chunk: int, size: int, target: ArrayFile
+    root: str, paths: Sequence[str], start: int, count: int, size: int, target: ArrayFile
 ) -> Written:
     """Chunk ``start`` decoded in this process, while the workers decode others."""
-    return decode_chunk_into(root, list(paths[start : start + chunk]), start, size, target)
+    return decode_chunk_into(root, list(paths[start : start + count]), start, size, target)
 
 
 def start_worker_server() -> None:

@@ -163,7 +163,7 @@ def test_workers_match_in_process_byte_for_byte(
     real_pool_chunks = cache_mod._pool_chunks
 
     def _spy(*args, **kwargs):
-        pools.append(args[5])  # n_workers
+        pools.append(args[4])  # n_workers
         yield from real_pool_chunks(*args, **kwargs)
 
     here: list[int] = []  # chunks this process decoded while its worker ran
@@ -246,3 +246,22 @@ def test_data_path_does_not_import_torch() -> None:
     assert (
         subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
     )
+
+
+@pytest.mark.parametrize(
+    ("begin", "end", "chunk", "workers"), [(32, 10_000, 256, 2), (0, 17, 16, 1), (5, 6, 16, 4)]
+)
+def test_chunks_tile_the_range_and_shrink_towards_the_end(
+    begin: int, end: int, chunk: int, workers: int
+) -> None:
+    chunks = cache_mod._chunks(begin, end, chunk, workers)
+    starts, counts = list(chunks), list(chunks.values())
+    assert starts[0] == begin and starts[-1] + counts[-1] == end
+    assert all(a + n == b for a, n, b in zip(starts, counts, starts[1:]))  # no gap, no overlap
+    assert (
+        max(counts) <= chunk
+        and min(counts[:-1], default=cache_mod._MIN_CHUNK) >= cache_mod._MIN_CHUNK
+    )
+    assert counts == sorted(counts, reverse=True)
+    if end - begin > 8 * workers * chunk:
+        assert counts[0] == chunk and counts[-2] == cache_mod._MIN_CHUNK
