@@ -48,6 +48,11 @@ ChunkResult = tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]
 Written = tuple[int, list[tuple[int, str]]]  # rows written into the array file, failures
 
 
+class CacheWriteError(OSError):
+    """The array file could not be written (a full disk, say). Unlike a broken worker pool,
+    decoding in this process instead would fail the same way, so it is not retried."""
+
+
 @dataclass(frozen=True)
 class ArrayFile:
     """The ``.npy`` being built: its rows (``row_bytes`` each) start ``offset`` bytes in."""
@@ -391,6 +396,8 @@ def _pool_or_fallback(
         for start, result in _pool_chunks(root, paths, size, tasks, n_workers, target):
             del remaining[start]
             yield result
+    except CacheWriteError:
+        raise
     except (cf.process.BrokenProcessPool, OSError) as exc:
         _log.warning("decode workers failed (%s); decoding in this process", exc)
 
@@ -505,11 +512,14 @@ def decode_chunk_into(
     indices, images, failures = decode_chunk(root, paths, start, size)
     # Consecutive indices are consecutive rows of the file: one write per unbroken run.
     bounds = [0, *(np.flatnonzero(np.diff(indices) != 1) + 1).tolist(), len(indices)]
-    with open(target.file, "r+b", buffering=0) as fh:
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            if hi > lo:
-                fh.seek(target.offset + int(indices[lo]) * target.row_bytes)
-                _write_all(fh, memoryview(images[lo:hi]).cast("B"))
+    try:
+        with open(target.file, "r+b", buffering=0) as fh:
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                if hi > lo:
+                    fh.seek(target.offset + int(indices[lo]) * target.row_bytes)
+                    _write_all(fh, memoryview(images[lo:hi]).cast("B"))
+    except OSError as exc:
+        raise CacheWriteError(exc.errno, exc.strerror or str(exc)) from exc
     return len(indices), failures
 
 

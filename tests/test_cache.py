@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -265,3 +267,36 @@ def test_chunks_tile_the_range_and_shrink_towards_the_end(
     assert counts == sorted(counts, reverse=True)
     if end - begin > 8 * workers * chunk:
         assert counts[0] == chunk and counts[-2] == cache_mod._MIN_CHUNK
+
+
+def test_a_full_disk_is_one_error_and_leaves_nothing(
+    corpus: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are written with plain writes, so a full disk is an OSError (a memory map would
+    die of SIGBUS), and the half-built array is removed."""
+    root, paths = corpus
+
+    def full(fh, data):  # noqa: ANN001
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache_mod, "_write_all", full)
+    folder = tmp_path / "c"
+    with pytest.raises(cache_mod.CacheWriteError, match="No space left"):
+        build_cache(root, paths, 32, folder, workers=1)
+    assert list(folder.iterdir()) == []
+
+
+def test_a_worker_that_cannot_write_is_not_retried_here(
+    data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write error, in a worker or here, ends the build: decoding here instead would hit
+    the same disk. A worker's error reaches this process pickled, and keeps its type."""
+    back = pickle.loads(pickle.dumps(cache_mod.CacheWriteError(errno.ENOSPC, "full")))
+    assert isinstance(back, cache_mod.CacheWriteError) and back.errno == errno.ENOSPC
+    root = data_root / "cifar10-test"
+    paths = [f"cat/{i:04d}.jpg" for i in range(40)]
+    gone = cache_mod.ArrayFile(str(tmp_path / "removed.npy"), 128, 3 * 32 * 32)
+    remaining = cache_mod._chunks(0, len(paths), 16, 2)
+    with pytest.raises(cache_mod.CacheWriteError):
+        list(cache_mod._pool_or_fallback(str(root), paths, 32, remaining, 2, gone))
+    assert "decoding in this process" not in caplog.text
