@@ -22,7 +22,7 @@ import multiprocessing.forkserver
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,11 +55,39 @@ class CacheWriteError(OSError):
 
 @dataclass(frozen=True)
 class ArrayFile:
-    """The ``.npy`` being built: its rows (``row_bytes`` each) start ``offset`` bytes in."""
+    """The ``.npy`` being built: its rows (``row_bytes`` each) start ``offset`` bytes in.
+
+    Rows are written with plain writes, never through a memory map: on a full disk a write
+    raises (:class:`CacheWriteError`), where a store into a mapped page would kill the process
+    with SIGBUS.
+    """
 
     file: str
     offset: int
     row_bytes: int
+
+    @classmethod
+    def create(cls, path: Path, rows: int, size: int) -> ArrayFile:
+        """A new ``rows×3×size×size`` uint8 ``.npy`` at ``path``, all zero until written."""
+        header = np.lib.format.header_data_from_array_1_0(np.empty((0, 3, size, size), np.uint8))
+        try:
+            with open(path, "wb") as fh:
+                np.lib.format.write_array_header_1_0(fh, {**header, "shape": (rows, 3, size, size)})
+                target = cls(str(path), fh.tell(), 3 * size * size)
+                fh.truncate(target.offset + rows * target.row_bytes)
+        except OSError as exc:
+            raise CacheWriteError(exc.errno, exc.strerror or str(exc)) from exc
+        return target
+
+    def write_rows(self, runs: Iterable[tuple[int, np.ndarray]]) -> None:
+        """Write each ``(first row, consecutive rows)`` of ``runs`` at its place."""
+        try:
+            with open(self.file, "r+b", buffering=0) as fh:
+                for first, rows in runs:
+                    fh.seek(self.offset + first * self.row_bytes)
+                    _write_all(fh, memoryview(np.ascontiguousarray(rows)).cast("B"))
+        except OSError as exc:
+            raise CacheWriteError(exc.errno, exc.strerror or str(exc)) from exc
 
 
 @dataclass
@@ -205,16 +233,12 @@ def cache_arrays(
     manifest.unlink(missing_ok=True)
     tmp = npy.with_name(f"{npy.name}.tmp-{os.getpid()}")
     try:
-        rows = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size)
-        )
+        out = ArrayFile.create(tmp, len(paths), size)
         for begin in range(0, len(paths), _COPY_ROWS):
             chunk = images[begin : begin + _COPY_ROWS]
-            rows[begin : begin + len(chunk)] = [resize_array(im, size) for im in chunk]
+            out.write_rows([(begin, np.stack([resize_array(im, size) for im in chunk]))])
             if progress is not None:
                 progress(begin + len(chunk), len(paths))
-        rows.flush()
-        del rows
         _fsync_file(tmp)
         os.replace(tmp, npy)
     finally:
@@ -324,11 +348,7 @@ def _decode_all(
     rows it decoded in place, so a worker's pixels never travel back through a pipe.
     """
     total = len(paths)
-    header = np.lib.format.header_data_from_array_1_0(np.empty((0, 3, size, size), np.uint8))
-    with open(tmp, "wb") as fh:
-        np.lib.format.write_array_header_1_0(fh, {**header, "shape": (total, 3, size, size)})
-        target = ArrayFile(str(tmp), fh.tell(), 3 * size * size)
-        fh.truncate(target.offset + total * target.row_bytes)
+    target = ArrayFile.create(tmp, total, size)
     failures: dict[int, str] = {}
     done = 0
     for written, failed in _decode_chunks(str(root), paths, size, workers, target):
@@ -512,14 +532,8 @@ def decode_chunk_into(
     indices, images, failures = decode_chunk(root, paths, start, size)
     # Consecutive indices are consecutive rows of the file: one write per unbroken run.
     bounds = [0, *(np.flatnonzero(np.diff(indices) != 1) + 1).tolist(), len(indices)]
-    try:
-        with open(target.file, "r+b", buffering=0) as fh:
-            for lo, hi in zip(bounds[:-1], bounds[1:]):
-                if hi > lo:
-                    fh.seek(target.offset + int(indices[lo]) * target.row_bytes)
-                    _write_all(fh, memoryview(images[lo:hi]).cast("B"))
-    except OSError as exc:
-        raise CacheWriteError(exc.errno, exc.strerror or str(exc)) from exc
+    runs = zip(bounds[:-1], bounds[1:])
+    target.write_rows((int(indices[lo]), images[lo:hi]) for lo, hi in runs if hi > lo)
     return len(indices), failures
 
 
@@ -537,14 +551,11 @@ def _compact(src: Path, keep: Sequence[int], dst: Path) -> None:
     source = np.load(src, mmap_mode="r")
     tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}-compact")
     try:
-        out = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.uint8, shape=(len(keep),) + source.shape[1:]
-        )
+        out = ArrayFile.create(tmp, len(keep), source.shape[-1])
         order = np.asarray(keep, dtype=np.int64)
-        for begin in range(0, len(order), _COPY_ROWS):
-            out[begin : begin + _COPY_ROWS] = source[order[begin : begin + _COPY_ROWS]]
-        out.flush()
-        del out, source
+        steps = range(0, len(order), _COPY_ROWS)
+        out.write_rows((b, source[order[b : b + _COPY_ROWS]]) for b in steps)
+        del source
         _fsync_file(tmp)
         os.replace(tmp, dst)
     finally:
