@@ -21,6 +21,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -446,7 +447,7 @@ def _pool_chunks(
     """
     queue = collections.deque(tasks)  # (start, count)
     processes = max(1, n_workers - 1)
-    pool = cf.ProcessPoolExecutor(processes, mp_context=worker_context(), initializer=ignore_sigint)
+    pool = decode_pool(processes)
     in_flight: dict[cf.Future[Written], int] = {}
     try:
         while queue or in_flight:
@@ -504,9 +505,30 @@ def start_worker_server() -> None:
         _log.debug("decode worker server not started: %s", exc)
 
 
-def ignore_sigint() -> None:
-    """Leave Ctrl-C to the parent, which shuts the pool down; avoids a traceback per worker."""
+def decode_pool(workers: int) -> cf.ProcessPoolExecutor:
+    """A pool of ``workers`` decode processes (see :func:`worker_context`, :func:`init_worker`)."""
+    return cf.ProcessPoolExecutor(
+        workers, mp_context=worker_context(), initializer=init_worker, initargs=(os.getpid(),)
+    )
+
+
+def init_worker(owner: int) -> None:
+    """Set up a decode worker of process ``owner``.
+
+    Ctrl-C is left to the owner, which shuts the pool down (no traceback per worker). And the
+    worker exits once its owner is gone: an owner killed outright (SIGKILL, the OOM killer, a
+    crash) cannot shut the pool down, and an idle worker would then wait on its task queue
+    forever, holding the forkserver alive with it (and any pipe they inherited, such as the
+    terminal's in ``imgcluster fit … | tee log``).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(owner,), daemon=True).start()
+
+
+def _exit_with(owner: int, poll_seconds: float = 0.5) -> None:
+    while process_alive(owner):
+        time.sleep(poll_seconds)
+    os._exit(1)
 
 
 def decode_chunk(root: str, paths: list[str], start: int, size: int) -> ChunkResult:

@@ -23,11 +23,10 @@ import numpy as np
 from imgcluster.cache import (
     ChunkResult,
     decode_chunk,
+    decode_pool,
     find_cache,
-    ignore_sigint,
     start_worker_server,
     usable_cpus,
-    worker_context,
 )
 from imgcluster.onnxmodel import OnnxModel
 
@@ -171,10 +170,9 @@ def _pool_chunks(
     root: str, paths: Sequence[str], size: int, starts: list[int], workers: int
 ) -> Iterator[ChunkResult]:
     """Chunks decoded by ``workers`` processes, yielded in order, a bounded number in flight."""
-    context = worker_context()
     in_flight: collections.deque[cf.Future[ChunkResult]] = collections.deque()
     pending = iter(starts)
-    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=ignore_sigint) as pool:
+    with decode_pool(workers) as pool:
         try:
             while True:
                 # Enough queued work for the decoders to stay busy through one inference batch.

@@ -9,6 +9,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,33 @@ def test_a_worker_that_cannot_write_is_not_retried_here(
     with pytest.raises(cache_mod.CacheWriteError):
         list(cache_mod._pool_or_fallback(str(root), paths, 32, remaining, 2, gone))
     assert "decoding in this process" not in caplog.text
+
+
+OWNER_KILLED = """
+import os, signal
+from imgcluster import cache
+if __name__ == "__main__":
+    pool = cache.decode_pool(1)
+    print(pool.submit(os.getpid).result(), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no chance to shut the pool down
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL and process probing are POSIX")
+def test_decode_workers_exit_when_their_owner_is_killed(tmp_path: Path) -> None:
+    """An idle worker of a killed command must not wait on its task queue forever (holding
+    the forkserver, and the terminal's pipe, with it)."""
+    script, out = tmp_path / "owner.py", tmp_path / "out.txt"
+    script.write_text(OWNER_KILLED)
+    with open(out, "w") as fh:
+        proc = subprocess.run([sys.executable, str(script)], stdout=fh, timeout=120)
+    assert proc.returncode == -9
+    worker = int(out.read_text())
+    deadline = time.monotonic() + 20
+    try:
+        while cache_mod.process_alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not cache_mod.process_alive(worker)
+    finally:
+        if cache_mod.process_alive(worker):
+            os.kill(worker, 9)
