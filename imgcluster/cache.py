@@ -372,7 +372,7 @@ def _decode_chunks(
     re-imported by the worker, or process creation is not allowed), the chunks not yet received
     are decoded here instead.
     """
-    n_workers = max(1, workers if workers is not None else usable_cpus())
+    n_workers = decoder_count(workers)
     chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, math.ceil(len(paths) / (4 * n_workers))))
     if n_workers > 1 and len(paths) > chunk:
         start_worker_server()  # it loads while the probe is decoded here
@@ -428,6 +428,11 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
+
+
+def decoder_count(workers: int | None) -> int:
+    """Decoders for ``--workers``: the number given, by default one per usable CPU; at least 1."""
+    return max(1, workers if workers is not None else usable_cpus())
 
 
 def _pool_chunks(

@@ -24,9 +24,9 @@ from imgcluster.cache import (
     ChunkResult,
     decode_chunk,
     decode_pool,
+    decoder_count,
     find_cache,
     start_worker_server,
-    usable_cpus,
 )
 from imgcluster.onnxmodel import OnnxModel
 
@@ -72,7 +72,7 @@ def predict_files(
         return _predict_cached(
             model, cached.images, cached.paths, cached.skipped, batch_size, progress
         )
-    n_workers = max(1, workers if workers is not None else usable_cpus())
+    n_workers = decoder_count(workers)
     chunks = decoded_chunks(str(root), paths, size, n_workers)
     return _predict_stream(model, paths, chunks, batch_size, progress)
 

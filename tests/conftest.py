@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,13 @@ def data_root() -> Path:
 def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Keep every test's decode cache out of the user's cache folder."""
     monkeypatch.setenv("IMGCLUSTER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped): what a killed writer leaves."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(proc.stdout)
 
 
 def copy_cifar_subset(data_root: Path, dst: Path, per_class: int) -> Path:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_cifar_subset
+from conftest import copy_cifar_subset, dead_pid
 from robust_corpus import build_corpus
 from typer.testing import CliRunner
 
@@ -206,9 +206,7 @@ def test_dead_decode_leftovers_are_removed(tmp_path: Path, data_root: Path) -> N
 
     src = copy_cifar_subset(data_root, tmp_path / "src", 1)
     paths = scan_folder(src).paths
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    stale = tmp_path / "c" / f"{cache_key(src, paths, 16)}.npy.tmp-{dead.stdout.strip()}"
+    stale = tmp_path / "c" / f"{cache_key(src, paths, 16)}.npy.tmp-{dead_pid()}"
     stale.parent.mkdir()
     stale.write_bytes(b"\0" * 1000)
     build_cache(src, paths, 16, tmp_path / "c", workers=1)

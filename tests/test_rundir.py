@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import dead_pid
 
 from imgcluster import rundir as rd
-
-
-def _dead_pid() -> int:
-    """The pid of a process that has exited (and been reaped)."""
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
-                          capture_output=True, text=True)  # fmt: skip
-    return int(proc.stdout)
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -28,7 +20,7 @@ def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path: Path) -> None:
 
 
 def test_write_removes_the_temporaries_of_killed_writes_only(tmp_path: Path) -> None:
-    dead, alive = _dead_pid(), os.getppid()
+    dead, alive = dead_pid(), os.getppid()
     killed = tmp_path / f".checkpoint.pt.tmp-{dead}"  # a SIGKILL during a checkpoint write
     running = tmp_path / f".checkpoint.pt.tmp-{alive}"  # another command writing right now
     other = tmp_path / f".config.json.tmp-{dead}"  # another file's: swept by its own next write
@@ -46,7 +38,7 @@ def test_write_removes_the_temporaries_of_killed_writes_only(tmp_path: Path) -> 
 def test_process_alive() -> None:
     assert rd.process_alive(os.getpid()) and rd.process_alive(os.getppid())
     if os.name == "posix":
-        assert not rd.process_alive(_dead_pid())
+        assert not rd.process_alive(dead_pid())
 
 
 def test_failed_write_is_one_clear_error_and_no_temporary(tmp_path: Path) -> None:
