@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from imgcluster.cache import build_cache, default_image_size, usable_cpus
+from imgcluster.cache import build_cache, default_image_size
 from imgcluster.scan import scan_folder
+from imgcluster.workers import usable_cpus
 
 
 def _timed_build(root: Path, paths: list[str], size: int, folder: Path, workers: int) -> float:

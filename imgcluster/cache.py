@@ -10,19 +10,11 @@ processes only need numpy and Pillow.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures as cf
 import hashlib
 import io
 import json
 import logging
-import math
-import multiprocessing
-import multiprocessing.forkserver
 import os
-import signal
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,17 +22,13 @@ from pathlib import Path
 import numpy as np
 import PIL
 
+from imgcluster import workers as workers_mod
 from imgcluster.decode import DecodeError, decode_image, image_shape, resize_array
 from imgcluster.rundir import fsync_dir, process_alive
 
-FORMAT_VERSION = 1  # bump when the decode pipeline or file layout changes
+FORMAT_VERSION = 2  # bump when the decode pipeline or file layout changes (2: bilinear resize)
 _DECODER_ID = f"imgcluster-decode-v{FORMAT_VERSION}/pillow-{PIL.__version__}"
-_MAX_CHUNK = 256  # paths per worker task
-_MIN_CHUNK = 16
-_PROBE = 32  # images timed before deciding on a worker pool
 _COPY_ROWS = 1024  # rows per step when compacting, bounds RAM use
-# A worker pool takes ~0.5-1.5 s to start (forkserver + imports): only worth it beyond that.
-_POOL_MIN_SECONDS = 1.0
 
 _log = logging.getLogger(__name__)
 
@@ -363,177 +351,18 @@ def _decode_all(
 def _decode_chunks(
     root: str, paths: Sequence[str], size: int, workers: int | None, target: ArrayFile
 ) -> Iterator[Written]:
-    """Decode chunks into ``target``, yielding each one's outcome: in a process pool, or here.
+    """Decode chunks into ``target`` (here and in worker processes, see
+    :func:`imgcluster.workers.share_chunks`), yielding each one's outcome as it is done."""
 
-    A first few images (a probe) are always decoded here and timed; the pool is only started
-    when the rest would take longer in this process than a pool takes to start (tiny folders
-    stay in-process). The probe is short, so that the worker starts soon: until then this
-    process decodes alone. If the pool cannot start or breaks (e.g. ``__main__`` cannot be
-    re-imported by the worker, or process creation is not allowed), the chunks not yet received
-    are decoded here instead.
-    """
-    n_workers = decoder_count(workers)
-    chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, math.ceil(len(paths) / (4 * n_workers))))
-    if n_workers > 1 and len(paths) > chunk:
-        start_worker_server()  # it loads while the probe is decoded here
-        probe = min(chunk, _PROBE)
-        began = time.perf_counter()
-        yield decode_chunk_into(root, list(paths[:probe]), 0, size, target)
-        serial_rest = (time.perf_counter() - began) / probe * (len(paths) - probe)
-        remaining = _chunks(probe, len(paths), chunk, n_workers)
-        if serial_rest > _POOL_MIN_SECONDS:
-            yield from _pool_or_fallback(root, paths, size, remaining, n_workers, target)
-    else:
-        remaining = _chunks(0, len(paths), chunk, 1)
-    for start, count in remaining.items():
-        yield decode_chunk_into(root, list(paths[start : start + count]), start, size, target)
+    def here(start: int, count: int) -> Written:
+        return decode_chunk_into(root, list(paths[start : start + count]), start, size, target)
 
+    def task(start: int, count: int) -> workers_mod.Task:
+        return decode_chunk_into, (root, list(paths[start : start + count]), start, size, target)
 
-def _chunks(begin: int, end: int, chunk: int, n_workers: int) -> dict[int, int]:
-    """Chunks of images ``begin:end`` as ``{start: count}``, in order: ``chunk`` images each,
-    shrinking towards the end (each at most a ``4·n_workers``-th of what is left, and at least
-    ``_MIN_CHUNK``), so that the decoders finish together rather than one waiting for a last
-    long chunk of another."""
-    chunks, start = {}, begin
-    while start < end:
-        count = max(_MIN_CHUNK, min(chunk, math.ceil((end - start) / (4 * n_workers))))
-        chunks[start] = min(count, end - start)
-        start += chunks[start]
-    return chunks
-
-
-def _pool_or_fallback(
-    root: str,
-    paths: Sequence[str],
-    size: int,
-    remaining: dict[int, int],
-    n_workers: int,
-    target: ArrayFile,
-) -> Iterator[Written]:
-    """Decode chunks in a pool, deleting each received start from ``remaining``."""
-    n_workers = min(n_workers, len(remaining))
-    tasks = list(remaining.items())
-    try:
-        for start, result in _pool_chunks(root, paths, size, tasks, n_workers, target):
-            del remaining[start]
-            yield result
-    except CacheWriteError:
-        raise
-    except (cf.process.BrokenProcessPool, OSError) as exc:
-        _log.warning("decode workers failed (%s); decoding in this process", exc)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (less than ``os.cpu_count()`` under an affinity mask)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
-def decoder_count(workers: int | None) -> int:
-    """Decoders for ``--workers``: the number given, by default one per usable CPU; at least 1."""
-    return max(1, workers if workers is not None else usable_cpus())
-
-
-def _pool_chunks(
-    root: str,
-    paths: Sequence[str],
-    size: int,
-    tasks: list[tuple[int, int]],
-    n_workers: int,
-    target: ArrayFile,
-) -> Iterator[tuple[int, Written]]:
-    """Decode chunks with ``n_workers`` decoders: this process and ``n_workers - 1`` worker
-    processes, at most ``2 · (n_workers - 1)`` chunks queued for them (bounded RAM).
-
-    This process decodes a chunk whenever no worker result is waiting, so the workers' start
-    (a second or so) costs nothing, and it would otherwise sit idle. Chunks come back out of
-    order, each with its start.
-    """
-    queue = collections.deque(tasks)  # (start, count)
-    processes = max(1, n_workers - 1)
-    pool = decode_pool(processes)
-    in_flight: dict[cf.Future[Written], int] = {}
-    try:
-        while queue or in_flight:
-            while queue and len(in_flight) < 2 * processes:
-                start, count = queue.popleft()
-                batch = list(paths[start : start + count])
-                future = pool.submit(decode_chunk_into, root, batch, start, size, target)
-                in_flight[future] = start
-            finished = [future for future in in_flight if future.done()]
-            if not finished and queue:
-                start, count = queue.popleft()
-                yield start, _decode_here(root, paths, start, count, size, target)
-                continue
-            if not finished:
-                finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
-            for future in finished:
-                yield in_flight.pop(future), future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def worker_context() -> multiprocessing.context.BaseContext:
-    """Decode workers' start method: 'forkserver' (preloaded) where available, else 'spawn'.
-
-    Plain 'fork' is avoided: the parent usually has torch or onnxruntime (and their thread pools)
-    loaded, and forking a multi-threaded process can deadlock the child.
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    # The server imports the decoder once; each worker is then a fork of it with numpy and
-    # Pillow loaded, instead of a fresh interpreter importing them again.
-    context.set_forkserver_preload([__name__])
-    return context
-
-
-def _decode_here(
-    root: str, paths: Sequence[str], start: int, count: int, size: int, target: ArrayFile
-) -> Written:
-    """Chunk ``start`` decoded in this process, while the workers decode others."""
-    return decode_chunk_into(root, list(paths[start : start + count]), start, size, target)
-
-
-def start_worker_server() -> None:
-    """Start the forkserver now, without waiting for it (a no-op where workers are spawned).
-
-    Where processes cannot be started, nothing happens here: the decode then runs in this
-    process (see :func:`_pool_or_fallback`).
-    """
-    if worker_context().get_start_method() != "forkserver":
-        return
-    try:
-        multiprocessing.forkserver.ensure_running()
-    except OSError as exc:
-        _log.debug("decode worker server not started: %s", exc)
-
-
-def decode_pool(workers: int) -> cf.ProcessPoolExecutor:
-    """A pool of ``workers`` decode processes (see :func:`worker_context`, :func:`init_worker`)."""
-    return cf.ProcessPoolExecutor(
-        workers, mp_context=worker_context(), initializer=init_worker, initargs=(os.getpid(),)
-    )
-
-
-def init_worker(owner: int) -> None:
-    """Set up a decode worker of process ``owner``.
-
-    Ctrl-C is left to the owner, which shuts the pool down (no traceback per worker). And the
-    worker exits once its owner is gone: an owner killed outright (SIGKILL, the OOM killer, a
-    crash) cannot shut the pool down, and an idle worker would then wait on its task queue
-    forever, holding the forkserver alive with it (and any pipe they inherited, such as the
-    terminal's in ``imgcluster fit … | tee log``).
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with, args=(owner,), daemon=True).start()
-
-
-def _exit_with(owner: int, poll_seconds: float = 0.5) -> None:
-    while process_alive(owner):
-        time.sleep(poll_seconds)
-    os._exit(1)
+    chunks = workers_mod.share_chunks(len(paths), workers, here, task, fatal=(CacheWriteError,))
+    for _, written in chunks:
+        yield written
 
 
 def decode_chunk(root: str, paths: list[str], start: int, size: int) -> ChunkResult:

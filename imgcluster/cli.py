@@ -242,7 +242,7 @@ def start_decoders(workers: int | None) -> None:
     """Start the decode workers' server now, so that it loads while torch or onnxruntime does:
     the decode then finds it ready (it takes ~0.4 s to start, ~15 % of decoding 10,000 small
     JPEGs). A folder too small for workers, or an existing decode cache, leaves it idle."""
-    from imgcluster.cache import decoder_count, start_worker_server
+    from imgcluster.workers import decoder_count, start_worker_server
 
     if decoder_count(workers) > 1:
         start_worker_server()

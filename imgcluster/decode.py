@@ -215,6 +215,9 @@ def _scale_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
 def _resize_crop(im: Image.Image, size: int) -> Image.Image:
     """Scale the shorter side to ``size`` and keep the centre square.
 
+    The filter is Pillow's bilinear, antialiased when shrinking: torchvision's ``Resize``
+    default, and the interpolation the training augmentation uses. Bicubic measured 10-15 % slower
+    per decoded file (its kernel is twice as wide) for no gain at the sizes clustering uses.
     Resizing only the centre square (``box=``) is the same geometry as resize-then-crop but
     never builds the huge intermediate a 5000x3 image would otherwise need.
     """
@@ -227,4 +230,4 @@ def _resize_crop(im: Image.Image, size: int) -> Image.Image:
     if side == size and left == int(left) and top == int(top):
         return im.crop((int(left), int(top), int(left) + size, int(top) + size))
     box = (left, top, left + side, top + side)
-    return im.resize((size, size), Image.Resampling.BICUBIC, box, _RESIZE_REDUCING_GAP)
+    return im.resize((size, size), Image.Resampling.BILINEAR, box, _RESIZE_REDUCING_GAP)

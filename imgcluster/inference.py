@@ -1,40 +1,40 @@
-"""Run the exported model over image files: decode in worker processes while onnxruntime runs.
+"""Run the exported model over image files: decoded and run in this process and in workers.
 
-Scope: the decode pipeline of ``assign`` and ``report``. Worker processes decode chunks of files
-(:func:`imgcluster.decode.decode_image`) and hand back uint8 arrays in order; the calling process
-normalises each full batch and runs it through onnxruntime, which releases the GIL, so decoding
-the next chunks overlaps inference. Folders too small to repay a pool's start decode in this
-process; a run's own images, already in the decode cache, are not decoded at all. This module
-never imports torch.
+Scope: the inference pipeline of ``assign``. Files are split into chunks shared between this
+process and worker processes (:func:`imgcluster.workers.share_chunks`). On the CPU each chunk is
+decoded (:func:`imgcluster.decode.decode_image`) and run through the model by the process that
+took it, each with a one-thread onnxruntime session: only the outputs (a few hundred bytes per
+image) travel back, no pixels, and no inference threads compete with the decoders for the cores.
+With a GPU provider the workers only decode and this process batches their pixels into the one
+session on the GPU. Folders too small to repay a pool's start stay in this process; a run's own
+images, already in the decode cache, are not decoded at all. This module never imports torch.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures as cf
-import itertools
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from imgcluster.cache import (
-    ChunkResult,
-    decode_chunk,
-    decode_pool,
-    decoder_count,
-    find_cache,
-    start_worker_server,
-)
+from imgcluster import workers as workers_mod
+from imgcluster.cache import ChunkResult, decode_chunk, find_cache
 from imgcluster.onnxmodel import OnnxModel
 
 Progress = Callable[[int, int], None]
+Failures = list[tuple[int, str]]
+# A chunk's rows (input positions), their probabilities and embeddings, and its failures.
+Outputs = tuple[np.ndarray, np.ndarray, np.ndarray, Failures]
 
-_CHUNK = 32  # files per worker task: small enough to balance, large enough to amortise pickling
-# A pool costs ~0.5-1.5 s to start (forkserver + numpy/Pillow imports): only worth it beyond.
-_POOL_MIN_SECONDS = 1.0
+# Files per chunk on the CPU (each chunk is one inference batch): bigger batches run no faster
+# there, and each decoder holds one batch's activations.
+_CPU_CHUNK = 64
+
+T = TypeVar("T")
+
+_worker_model: OnnxModel | None = None  # a worker's own session (see _load_worker_model)
 
 
 @dataclass
@@ -60,9 +60,10 @@ def predict_files(
 ) -> Predicted:
     """Decode ``paths`` (relative to ``root``) at the model's image size and run the model.
 
-    ``workers`` decode processes (default: the usable CPUs; 1 decodes here). When the decode
-    cache holds exactly these files at this size (the run's own images) it is read instead.
-    ``progress(done, total)`` follows each batch.
+    ``workers`` decoders, this process among them (default: one per usable CPU; 1 decodes
+    only here). When the decode cache holds exactly these files at this size (the run's own
+    images) it is read instead. ``batch_size`` bounds the images per inference call.
+    ``progress(done, total)`` follows the work.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
@@ -72,9 +73,123 @@ def predict_files(
         return _predict_cached(
             model, cached.images, cached.paths, cached.skipped, batch_size, progress
         )
-    n_workers = decoder_count(workers)
-    chunks = decoded_chunks(str(root), paths, size, n_workers)
-    return _predict_stream(model, paths, chunks, batch_size, progress)
+    outputs = Gathered(model, len(paths))
+    if model.on_cpu:
+        chunks = _cpu_chunks(model, str(root), paths, min(batch_size, _CPU_CHUNK), workers)
+    else:
+        chunks = _decoded_then_run(model, str(root), paths, batch_size, workers)
+    for part in chunks:
+        outputs.add(part)
+        if progress is not None:
+            progress(outputs.done, len(paths))
+    return outputs.result(paths)
+
+
+class Gathered:
+    """Outputs of chunks that arrive in any order, placed at their input positions."""
+
+    def __init__(self, model: OnnxModel, total: int) -> None:
+        self.probabilities = np.zeros((total, model.info.k), np.float32)
+        self.embeddings = np.zeros((total, model.embedding_dim), np.float32)
+        self.decoded = np.zeros(total, bool)
+        self.failures: Failures = []
+        self.done = 0
+
+    def add(self, part: Outputs) -> None:
+        rows, probabilities, embeddings, failures = part
+        self.probabilities[rows] = probabilities
+        self.embeddings[rows] = embeddings
+        self.decoded[rows] = True
+        self.failures.extend(failures)
+        self.done += len(rows) + len(failures)
+
+    def result(self, paths: Sequence[str]) -> Predicted:
+        good = np.flatnonzero(self.decoded)
+        skipped = [(paths[i], reason) for i, reason in sorted(self.failures)]
+        return Predicted(
+            [paths[i] for i in good], self.probabilities[good], self.embeddings[good], skipped
+        )
+
+
+def _cpu_chunks(
+    model: OnnxModel, root: str, paths: Sequence[str], chunk: int, workers: int | None
+) -> Iterator[Outputs]:
+    """Chunks decoded and run by whichever process took them, each with a one-thread session.
+
+    With one decoder this process runs alone and keeps ``model`` (all its threads)."""
+    here_model = model if workers_mod.decoder_count(workers) == 1 else model.single_threaded()
+    size = model.info.image_size
+
+    def here(start: int, count: int) -> Outputs:
+        return run_chunk(here_model, root, list(paths[start : start + count]), start, size)
+
+    def task(start: int, count: int) -> workers_mod.Task:
+        return _worker_chunk, (root, list(paths[start : start + count]), start, size)
+
+    for _, part in workers_mod.share_chunks(
+        len(paths),
+        workers,
+        here,
+        task,
+        max_chunk=chunk,
+        setup=_load_worker_model,
+        setup_args=(model.source,),
+    ):
+        yield part
+
+
+def run_chunk(model: OnnxModel, root: str, paths: list[str], start: int, size: int) -> Outputs:
+    """Decode ``paths`` (rows ``start...``) and run ``model`` over those that decoded."""
+    rows, images, failures = decode_chunk(root, paths, start, size)
+    if not len(rows):
+        return rows, *model.empty_outputs(), failures
+    return rows, *model(images), failures
+
+
+def _load_worker_model(source: str | bytes) -> None:
+    """A worker's set-up: its own one-thread session over the model file."""
+    global _worker_model
+    _worker_model = OnnxModel(source, threads=1)
+
+
+def _worker_chunk(root: str, paths: list[str], start: int, size: int) -> Outputs:
+    assert _worker_model is not None, "a worker runs _load_worker_model first"
+    return run_chunk(_worker_model, root, paths, start, size)
+
+
+def _decoded_then_run(
+    model: OnnxModel, root: str, paths: Sequence[str], batch_size: int, workers: int | None
+) -> Iterator[Outputs]:
+    """For a GPU session: chunks decoded here and in workers, run here in batches of up to
+    ``batch_size`` images as they arrive."""
+    size = model.info.image_size
+
+    def here(start: int, count: int) -> ChunkResult:
+        return decode_chunk(root, list(paths[start : start + count]), start, size)
+
+    def task(start: int, count: int) -> workers_mod.Task:
+        return decode_chunk, (root, list(paths[start : start + count]), start, size)
+
+    rows, images = np.zeros(0, np.int64), np.zeros((0, 3, size, size), np.uint8)
+    failures: Failures = []
+    chunks = workers_mod.share_chunks(len(paths), workers, here, task, max_chunk=batch_size)
+    for last, (_, (chunk_rows, chunk_images, chunk_failures)) in _mark_last(chunks):
+        rows, images = np.concatenate([rows, chunk_rows]), np.concatenate([images, chunk_images])
+        failures.extend(chunk_failures)
+        while len(rows) >= batch_size or (last and (len(rows) or failures)):
+            outputs = model(images[:batch_size]) if len(rows) else model.empty_outputs()
+            yield rows[:batch_size], *outputs, failures
+            rows, images, failures = rows[batch_size:], images[batch_size:], []
+
+
+def _mark_last(items: Iterator[T]) -> Iterator[tuple[bool, T]]:
+    """``(is_last, item)`` for each item."""
+    previous = next(items, None)
+    for item in items:
+        yield False, previous
+        previous = item
+    if previous is not None:
+        yield True, previous
 
 
 def _predict_cached(
@@ -86,102 +201,13 @@ def _predict_cached(
     progress: Progress | None,
 ) -> Predicted:
     """Run the model over an already decoded uint8 ``N×3×S×S`` array, batch by batch."""
-    probs, embs = [], []
+    probs, embs = [model.empty_outputs()[0]], [model.empty_outputs()[1]]
     for start in range(0, len(images), batch_size):
         p, e = model(np.asarray(images[start : start + batch_size]))
         probs.append(p)
         embs.append(e)
         if progress is not None:
             progress(min(start + batch_size, len(images)), len(images))
-    return Predicted(list(paths), *_stack(probs, embs, model), list(skipped), from_cache=True)
-
-
-def _predict_stream(
-    model: OnnxModel,
-    paths: Sequence[str],
-    chunks: Iterator[ChunkResult],
-    batch_size: int,
-    progress: Progress | None,
-) -> Predicted:
-    """Gather decoded chunks into batches and run each as soon as it is full."""
-    good: list[int] = []
-    failed: list[tuple[int, str]] = []
-    probs, embs, pending, pending_n = [], [], [], 0
-    done = 0
-    for rows, images, failures in chunks:
-        good.extend(rows)
-        failed.extend(failures)
-        pending.append(images)
-        pending_n += len(images)
-        done += len(rows) + len(failures)
-        if pending_n >= batch_size or done == len(paths):
-            if pending_n:
-                p, e = model(np.concatenate(pending))
-                probs.append(p)
-                embs.append(e)
-            pending, pending_n = [], 0
-            if progress is not None:
-                progress(done, len(paths))
-    skipped = [(paths[i], reason) for i, reason in sorted(failed)]
-    return Predicted([paths[i] for i in good], *_stack(probs, embs, model), skipped)
-
-
-def _stack(
-    probs: list[np.ndarray], embs: list[np.ndarray], model: OnnxModel
-) -> tuple[np.ndarray, np.ndarray]:
-    if not probs:  # nothing decoded: empty arrays of the right widths
-        outputs = model.session.get_outputs()
-        return np.zeros((0, model.info.k), np.float32), np.zeros(
-            (0, outputs[1].shape[1]), np.float32
-        )
-    return np.concatenate(probs), np.concatenate(embs)
-
-
-def decoded_chunks(
-    root: str, paths: Sequence[str], size: int, workers: int
-) -> Iterator[ChunkResult]:
-    """Decoded chunks of ``paths`` in order.
-
-    The first chunk is decoded here and timed; a pool starts only when the rest would take
-    longer here than the pool takes to start. If the pool cannot start or breaks (process
-    creation not allowed, ``__main__`` not importable by a worker), the chunks not yet received
-    are decoded here.
-    """
-    starts = collections.deque(range(0, len(paths), _CHUNK))
-    if not starts:
-        return
-    if workers > 1 and len(starts) > 1:
-        start_worker_server()  # it loads while the first chunk is decoded here
-    began = time.perf_counter()
-    yield decode_chunk(root, list(paths[:_CHUNK]), starts.popleft(), size)
-    serial_rest = (time.perf_counter() - began) / _CHUNK * (len(paths) - _CHUNK)
-    if workers > 1 and serial_rest > _POOL_MIN_SECONDS:
-        try:
-            for chunk in _pool_chunks(root, paths, size, list(starts), workers):
-                starts.popleft()
-                yield chunk
-        except (cf.process.BrokenProcessPool, OSError):
-            pass  # decode what is left in this process
-    for start in starts:
-        yield decode_chunk(root, list(paths[start : start + _CHUNK]), start, size)
-
-
-def _pool_chunks(
-    root: str, paths: Sequence[str], size: int, starts: list[int], workers: int
-) -> Iterator[ChunkResult]:
-    """Chunks decoded by ``workers`` processes, yielded in order, a bounded number in flight."""
-    in_flight: collections.deque[cf.Future[ChunkResult]] = collections.deque()
-    pending = iter(starts)
-    with decode_pool(workers) as pool:
-        try:
-            while True:
-                # Enough queued work for the decoders to stay busy through one inference batch.
-                for start in itertools.islice(pending, 4 * workers - len(in_flight)):
-                    batch = list(paths[start : start + _CHUNK])
-                    in_flight.append(pool.submit(decode_chunk, root, batch, start, size))
-                if not in_flight:
-                    return
-                yield in_flight.popleft().result()
-        finally:
-            for future in in_flight:
-                future.cancel()
+    return Predicted(
+        list(paths), np.concatenate(probs), np.concatenate(embs), list(skipped), from_cache=True
+    )

@@ -9,7 +9,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 import imgcluster.cache as cache_mod
+from imgcluster import workers
 from imgcluster.cache import (
     ImageCache,
     build_cache,
@@ -163,22 +163,20 @@ def test_workers_match_in_process_byte_for_byte(
     paths = [f"{c}/{i:04d}.jpg" for c in classes for i in range(20)]
     one = build_cache(root, paths, 32, tmp_path / "w1", workers=1)
     pools: list[int] = []
-    real_pool_chunks = cache_mod._pool_chunks
-
-    def _spy(*args, **kwargs):
-        pools.append(args[4])  # n_workers
-        yield from real_pool_chunks(*args, **kwargs)
-
     here: list[int] = []  # chunks this process decoded while its worker ran
-    real_decode_here = cache_mod._decode_here
+    real_pool_chunks = workers._pool_chunks
 
-    def _decode_here(root, paths, start, chunk, size, target):
-        here.append(start)
-        return real_decode_here(root, paths, start, chunk, size, target)
+    def _spy(remaining, do_here, task, n_workers, setup, setup_args):
+        pools.append(n_workers)
 
-    monkeypatch.setattr(cache_mod, "_pool_chunks", _spy)
-    monkeypatch.setattr(cache_mod, "_decode_here", _decode_here)
-    monkeypatch.setattr(cache_mod, "_POOL_MIN_SECONDS", 0.0)  # use the pool even for 200 images
+        def counted(start: int, count: int):
+            here.append(start)
+            return do_here(start, count)
+
+        yield from real_pool_chunks(remaining, counted, task, n_workers, setup, setup_args)
+
+    monkeypatch.setattr(workers, "_pool_chunks", _spy)
+    monkeypatch.setattr(workers, "POOL_MIN_SECONDS", 0.0)  # use the pool even for 200 images
     calls: list[tuple[int, int]] = []
     two = build_cache(
         root, paths, 32, tmp_path / "w2", workers=2, progress=lambda *a: calls.append(a)
@@ -196,8 +194,8 @@ def test_small_job_starts_no_pool(
     corpus: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root, paths = corpus
-    monkeypatch.setattr(cache_mod, "_MIN_CHUNK", 2)
-    monkeypatch.setattr(cache_mod.cf, "ProcessPoolExecutor", None)  # any use would fail loudly
+    monkeypatch.setattr(workers, "MIN_CHUNK", 2)
+    monkeypatch.setattr(workers.cf, "ProcessPoolExecutor", None)  # any use would fail loudly
     result = build_cache(root, paths, 32, tmp_path / "c", workers=4)
     assert len(result.paths) == len(paths) - 2
 
@@ -210,9 +208,9 @@ def test_pool_failure_falls_back_in_process(
     def _no_processes(*args, **kwargs):
         raise OSError("process creation not permitted")
 
-    monkeypatch.setattr(cache_mod.cf, "ProcessPoolExecutor", _no_processes)
-    monkeypatch.setattr(cache_mod, "_MIN_CHUNK", 1)  # several chunks even for a tiny corpus
-    monkeypatch.setattr(cache_mod, "_POOL_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(workers.cf, "ProcessPoolExecutor", _no_processes)
+    monkeypatch.setattr(workers, "MIN_CHUNK", 1)  # several chunks even for a tiny corpus
+    monkeypatch.setattr(workers, "POOL_MIN_SECONDS", 0.0)
     one = build_cache(root, paths, 32, tmp_path / "one", workers=1)
     result = build_cache(root, paths, 32, tmp_path / "c", workers=2)
     assert result.paths == one.paths and result.skipped == one.skipped
@@ -251,25 +249,6 @@ def test_data_path_does_not_import_torch() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("begin", "end", "chunk", "workers"), [(32, 10_000, 256, 2), (0, 17, 16, 1), (5, 6, 16, 4)]
-)
-def test_chunks_tile_the_range_and_shrink_towards_the_end(
-    begin: int, end: int, chunk: int, workers: int
-) -> None:
-    chunks = cache_mod._chunks(begin, end, chunk, workers)
-    starts, counts = list(chunks), list(chunks.values())
-    assert starts[0] == begin and starts[-1] + counts[-1] == end
-    assert all(a + n == b for a, n, b in zip(starts, counts, starts[1:]))  # no gap, no overlap
-    assert (
-        max(counts) <= chunk
-        and min(counts[:-1], default=cache_mod._MIN_CHUNK) >= cache_mod._MIN_CHUNK
-    )
-    assert counts == sorted(counts, reverse=True)
-    if end - begin > 8 * workers * chunk:
-        assert counts[0] == chunk and counts[-2] == cache_mod._MIN_CHUNK
-
-
 def test_a_full_disk_is_one_error_and_leaves_nothing(
     corpus: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -288,7 +267,10 @@ def test_a_full_disk_is_one_error_and_leaves_nothing(
 
 
 def test_a_worker_that_cannot_write_is_not_retried_here(
-    data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    data_root: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A write error, in a worker or here, ends the build: decoding here instead would hit
     the same disk. A worker's error reaches this process pickled, and keeps its type."""
@@ -297,37 +279,16 @@ def test_a_worker_that_cannot_write_is_not_retried_here(
     root = data_root / "cifar10-test"
     paths = [f"cat/{i:04d}.jpg" for i in range(40)]
     gone = cache_mod.ArrayFile(str(tmp_path / "removed.npy"), 128, 3 * 32 * 32)
-    remaining = cache_mod._chunks(0, len(paths), 16, 2)
+
+    def task(start: int, count: int) -> workers.Task:
+        batch = paths[start : start + count]
+        return cache_mod.decode_chunk_into, (str(root), batch, start, 32, gone)
+
+    monkeypatch.setattr(workers, "POOL_MIN_SECONDS", 0.0)
+    # The probe (done here) succeeds; every later chunk is queued for the worker, which fails.
+    chunks = workers.share_chunks(
+        len(paths), 2, lambda start, count: (count, []), task, fatal=(cache_mod.CacheWriteError,)
+    )
     with pytest.raises(cache_mod.CacheWriteError):
-        list(cache_mod._pool_or_fallback(str(root), paths, 32, remaining, 2, gone))
-    assert "decoding in this process" not in caplog.text
-
-
-OWNER_KILLED = """
-import os, signal
-from imgcluster import cache
-if __name__ == "__main__":
-    pool = cache.decode_pool(1)
-    print(pool.submit(os.getpid).result(), flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)  # no chance to shut the pool down
-"""
-
-
-@pytest.mark.skipif(os.name != "posix", reason="SIGKILL and process probing are POSIX")
-def test_decode_workers_exit_when_their_owner_is_killed(tmp_path: Path) -> None:
-    """An idle worker of a killed command must not wait on its task queue forever (holding
-    the forkserver, and the terminal's pipe, with it)."""
-    script, out = tmp_path / "owner.py", tmp_path / "out.txt"
-    script.write_text(OWNER_KILLED)
-    with open(out, "w") as fh:
-        proc = subprocess.run([sys.executable, str(script)], stdout=fh, timeout=120)
-    assert proc.returncode == -9
-    worker = int(out.read_text())
-    deadline = time.monotonic() + 20
-    try:
-        while cache_mod.process_alive(worker) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not cache_mod.process_alive(worker)
-    finally:
-        if cache_mod.process_alive(worker):
-            os.kill(worker, 9)
+        list(chunks)
+    assert "going on in this process" not in caplog.text
