@@ -25,7 +25,7 @@ from imgcluster import rundir as rd
 from imgcluster.folders import MODES, FolderResult, cluster_folder, export_folders, layout
 from imgcluster.inference import predict_files
 from imgcluster.onnxmodel import OnnxModel
-from imgcluster.scan import scan_folder
+from imgcluster.scan import ScanResult, scan_folder
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total): 'assign', then 'export'
 
@@ -140,7 +140,7 @@ def assign(
 def _predict(
     onnx: OnnxModel,
     root: Path,
-    scan: Any,
+    scan: ScanResult,
     run_dir: Path | None,
     batch_size: int,
     workers: int | None,
@@ -155,6 +155,7 @@ def _predict(
         workers=workers,
         cache_dir=_cache_dir(run_dir),
         progress=lambda done, total: progress("assign", done, total),
+        stamps=scan.stamps,
     )
     if not predicted.paths:
         raise rd.RunError(f"none of the {len(scan.paths)} image(s) in {root} could be read")
@@ -220,7 +221,7 @@ def resolve_source(source: Path | None, run_dir: Path | None, onnx: OnnxModel) -
     return source.resolve()
 
 
-def _scan(root: Path, exclude: list[Path], follow_links: bool) -> Any:
+def _scan(root: Path, exclude: list[Path], follow_links: bool) -> ScanResult:
     """The images under ``root``, leaving out the run and the export folder."""
     try:
         scan = scan_folder(root, exclude=exclude, follow_links=follow_links)

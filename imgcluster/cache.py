@@ -15,7 +15,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ _log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 ChunkResult = tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]
 Written = tuple[int, list[tuple[int, str]]]  # rows written into the array file, failures
+Stamps = Mapping[str, tuple[int, int]]  # relative path -> (byte size, mtime in ns)
 
 
 class CacheWriteError(OSError):
@@ -107,23 +108,30 @@ def cache_dir_default() -> Path:
     return Path.home() / ".cache" / "imgcluster"
 
 
-def cache_key(root: Path, paths: Sequence[str], size: int) -> str:
+def cache_key(root: Path, paths: Sequence[str], size: int, stamps: Stamps | None = None) -> str:
     """Hex key over each file's relative path, byte size and mtime, the image size and decoder.
 
     Editing, adding, removing or reordering files gives a new key. A file that cannot be
-    stat-ed is hashed as missing (it will fail to decode and be skipped).
+    stat-ed is hashed as missing (it will fail to decode and be skipped). ``stamps`` (a scan's
+    :attr:`imgcluster.scan.ScanResult.stamps`) saves stat-ing the files it holds again.
     """
     digest = hashlib.sha256()
     digest.update(f"{_DECODER_ID}\0size={int(size)}\0n={len(paths)}\0".encode())
+    known = stamps or {}
     for rel in paths:
         try:
-            st = os.stat(os.path.join(root, rel))
-            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+            file_size, mtime_ns = known.get(rel) or _stamp(os.path.join(root, rel))
+            stamp = f"{file_size}\0{mtime_ns}"
         except OSError:
             stamp = "missing\0"
         # NUL cannot occur in a file name, so the fields cannot run into each other.
         digest.update(f"{rel}\0{stamp}\0".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:24]
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 def default_image_size(root: Path, paths: Sequence[str], sample: int = 64) -> int:
@@ -153,20 +161,21 @@ def build_cache(
     *,
     workers: int | None = None,
     progress: Progress | None = None,
+    stamps: Stamps | None = None,
 ) -> ImageCache:
     """Decode ``paths`` (relative to ``root``) once into a memory-mapped array, or reuse it.
 
     Files that fail to decode are left out of the array and listed in ``skipped``; if every
     file fails the result has ``N == 0``. ``workers`` defaults to the usable CPU count; ``1``
     decodes in this process. ``progress(done, total)`` is called after each decoded chunk (not
-    on reuse).
+    on reuse). ``stamps``: see :func:`cache_key`.
     """
     if size < 1:
         raise ValueError(f"image size must be positive, got {size}")
     paths = list(paths)
     folder = Path(cache_dir) if cache_dir is not None else cache_dir_default()
     folder.mkdir(parents=True, exist_ok=True)
-    key = cache_key(root, paths, size)
+    key = cache_key(root, paths, size, stamps)
     npy, manifest = folder / f"{key}.npy", folder / f"{key}.json"
     cached = _load_existing(npy, manifest, paths, size)
     if cached is not None:
@@ -182,14 +191,19 @@ def build_cache(
 
 
 def find_cache(
-    root: Path, paths: Sequence[str], size: int, cache_dir: Path | None = None
+    root: Path,
+    paths: Sequence[str],
+    size: int,
+    cache_dir: Path | None = None,
+    stamps: Stamps | None = None,
 ) -> ImageCache | None:
     """The complete cache of exactly these files at this size, if an earlier run built one.
 
     Never decodes nor writes (``assign`` uses it to skip decoding a run's own images).
+    ``stamps``: see :func:`cache_key`.
     """
     folder = Path(cache_dir) if cache_dir is not None else cache_dir_default()
-    key = cache_key(root, paths, size)
+    key = cache_key(root, paths, size, stamps)
     return _load_existing(folder / f"{key}.npy", folder / f"{key}.json", list(paths), size)
 
 

@@ -20,7 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from imgcluster import workers as workers_mod
-from imgcluster.cache import ChunkResult, decode_chunk, find_cache
+from imgcluster.cache import ChunkResult, Stamps, decode_chunk, find_cache
 from imgcluster.onnxmodel import OnnxModel
 
 Progress = Callable[[int, int], None]
@@ -57,18 +57,20 @@ def predict_files(
     workers: int | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    stamps: Stamps | None = None,
 ) -> Predicted:
     """Decode ``paths`` (relative to ``root``) at the model's image size and run the model.
 
     ``workers`` decoders, this process among them (default: one per usable CPU; 1 decodes
     only here). When the decode cache holds exactly these files at this size (the run's own
-    images) it is read instead. ``batch_size`` bounds the images per inference call.
+    images; ``stamps`` as in :func:`imgcluster.cache.cache_key`) it is read instead.
+    ``batch_size`` bounds the images per inference call.
     ``progress(done, total)`` follows the work.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     size = model.info.image_size
-    cached = find_cache(root, paths, size, cache_dir)
+    cached = find_cache(root, paths, size, cache_dir, stamps)
     if cached is not None:
         return _predict_cached(
             model, cached.images, cached.paths, cached.skipped, batch_size, progress

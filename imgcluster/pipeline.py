@@ -146,6 +146,7 @@ def load_images(cfg: RunConfig, out: Path, callback: Callback) -> Loaded:
             cache_dir,
             workers=cfg.data.workers,
             progress=lambda done, total: callback(Progress("decode", done, total)),
+            stamps=scan.stamps,
         )
     except OSError as e:  # decode failures are skipped files: this is the cache folder (full?)
         where = e.filename or cache_dir

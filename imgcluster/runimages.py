@@ -48,7 +48,9 @@ def _folder_cache(run: Path, config: RunConfig) -> ImageCache:
     except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
         raise rd.RunError(f"cannot read the training images: {e}") from e
     size = int(config.data.image_size or 0)
-    return build_cache(root, scan.paths, size, _cache_dir(config), workers=config.data.workers)
+    return build_cache(
+        root, scan.paths, size, _cache_dir(config), workers=config.data.workers, stamps=scan.stamps
+    )
 
 
 def _benchmark_cache(run: Path, config: RunConfig) -> ImageCache:

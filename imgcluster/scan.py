@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgcluster.folders import MANIFEST
@@ -43,6 +43,8 @@ REASON_UNREADABLE_DIR = "unreadable folder (permission denied)"
 REASON_EMPTY = "empty file"
 REASON_NOT_REGULAR = "not a regular file"
 
+Stamp = tuple[int, int]  # a file's (byte size, mtime in ns)
+
 # A folder holding all the files of one set is imgcluster's own output (a run directory, an
 # export folder): never clustered, wherever it sits in the source.
 OUTPUT_MARKERS: tuple[tuple[str, ...], ...] = ((CONFIG, HISTORY), (MANIFEST,))
@@ -53,12 +55,15 @@ class ScanResult:
     """Outcome of :func:`scan_folder`.
 
     ``paths`` are posix-style, relative to ``root`` and sorted; ``skipped`` holds
-    ``(relative path, reason)`` for image-looking entries that cannot be used.
+    ``(relative path, reason)`` for image-looking entries that cannot be used. ``stamps``
+    gives each path's ``(byte size, mtime in ns)`` as the scan saw them: the decode cache's
+    key is made of them, so the files need not be stat-ed a second time.
     """
 
     root: Path
     paths: list[str]
     skipped: list[tuple[str, str]]
+    stamps: dict[str, Stamp] = field(default_factory=dict)
 
 
 def is_image_name(name: str) -> bool:
@@ -81,6 +86,7 @@ class _Walk:
     paths: list[str]
     skipped: list[tuple[str, str]]
     visited: set[tuple[int, int]]
+    stamps: dict[str, Stamp] = field(default_factory=dict)
 
     def is_excluded(self, real: str) -> bool:
         return any(_is_within(real, ex) for ex in self.excluded)
@@ -116,7 +122,7 @@ def scan_folder(
         st = os.stat(root)
         walk.visited.add((st.st_dev, st.st_ino))
         _walk_tree(walk, str(root))
-    return ScanResult(root=root, paths=sorted(walk.paths), skipped=sorted(walk.skipped))
+    return ScanResult(root, sorted(walk.paths), sorted(walk.skipped), walk.stamps)
 
 
 def _walk_tree(walk: _Walk, top: str) -> None:
@@ -210,3 +216,4 @@ def _add_file(walk: _Walk, path: str, rel: str) -> None:
         walk.skipped.append((rel, REASON_UNREADABLE))
     else:
         walk.paths.append(rel)
+        walk.stamps[rel] = (st.st_size, st.st_mtime_ns)

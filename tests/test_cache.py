@@ -25,6 +25,7 @@ from imgcluster.cache import (
     default_image_size,
 )
 from imgcluster.decode import decode_image
+from imgcluster.scan import scan_folder
 
 
 @pytest.fixture
@@ -104,6 +105,22 @@ def test_key_changes_with_mtime_size_and_paths(corpus: tuple[Path, list[str]]) -
     st = target.stat()
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     assert cache_key(root, paths, 32) != key
+
+
+def test_a_scans_stamps_give_the_same_key(corpus: tuple[Path, list[str]]) -> None:
+    """fit and assign key the cache with the scan's stat results instead of stat-ing again."""
+    root, _ = corpus
+    scan = scan_folder(root)
+    assert set(scan.stamps) == set(scan.paths)
+    for rel in scan.paths:
+        st = (root / rel).stat()
+        assert scan.stamps[rel] == (st.st_size, st.st_mtime_ns)
+    assert cache_key(root, scan.paths, 32, scan.stamps) == cache_key(root, scan.paths, 32)
+    edited = {**scan.stamps, scan.paths[0]: (1, 2)}
+    assert cache_key(root, scan.paths, 32, edited) != cache_key(root, scan.paths, 32)
+    # A path the stamps do not hold is stat-ed as before.
+    fewer = {rel: scan.stamps[rel] for rel in scan.paths[1:]}
+    assert cache_key(root, scan.paths, 32, fewer) == cache_key(root, scan.paths, 32)
 
 
 def test_touched_file_rebuilds(corpus: tuple[Path, list[str]], tmp_path: Path) -> None:
