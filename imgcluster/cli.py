@@ -385,7 +385,9 @@ def assign(
         "the cluster), plus OUT/assignments.csv. Only files imgcluster wrote are ever replaced.",
     ),
     mode: str = typer.Option("copy", "--mode", help="copy | hardlink | symlink."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Images per onnxruntime call."),
+    batch_size: int = typer.Option(
+        256, "--batch-size", help="Most images per onnxruntime call (at most 64 on a CPU)."
+    ),
     unsure_below: float | None = typer.Option(
         None, "--unsure-below", help="Put images with confidence under P into OUT/unsure/."
     ),
@@ -395,7 +397,11 @@ def assign(
         help="Write assignments.csv here \\[default: OUT/assignments.csv with --export-folders, "
         "else assignments-<folder>.csv beside the model].",
     ),
-    workers: int | None = typer.Option(None, help="Decode processes \\[default: all cores]."),
+    workers: int | None = typer.Option(
+        None,
+        help="Decoders (on a CPU they also run the model): this process and N-1 worker "
+        "processes \\[default: all cores].",
+    ),
     follow_links: bool = typer.Option(
         False,
         "--follow-links",
