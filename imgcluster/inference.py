@@ -75,7 +75,7 @@ def predict_files(
         return _predict_cached(
             model, cached.images, cached.paths, cached.skipped, batch_size, progress
         )
-    outputs = Gathered(model, len(paths))
+    outputs = _Gathered(model, len(paths))
     if model.on_cpu:
         chunks = _cpu_chunks(model, str(root), paths, min(batch_size, _CPU_CHUNK), workers)
     else:
@@ -87,7 +87,7 @@ def predict_files(
     return outputs.result(paths)
 
 
-class Gathered:
+class _Gathered:
     """Outputs of chunks that arrive in any order, placed at their input positions."""
 
     def __init__(self, model: OnnxModel, total: int) -> None:
@@ -123,7 +123,7 @@ def _cpu_chunks(
     size = model.info.image_size
 
     def here(start: int, count: int) -> Outputs:
-        return run_chunk(here_model, root, list(paths[start : start + count]), start, size)
+        return _run_chunk(here_model, root, list(paths[start : start + count]), start, size)
 
     def task(start: int, count: int) -> workers_mod.Task:
         return _worker_chunk, (root, list(paths[start : start + count]), start, size)
@@ -140,7 +140,7 @@ def _cpu_chunks(
         yield part
 
 
-def run_chunk(model: OnnxModel, root: str, paths: list[str], start: int, size: int) -> Outputs:
+def _run_chunk(model: OnnxModel, root: str, paths: list[str], start: int, size: int) -> Outputs:
     """Decode ``paths`` (rows ``start...``) and run ``model`` over those that decoded."""
     rows, images, failures = decode_chunk(root, paths, start, size)
     if not len(rows):
@@ -156,7 +156,7 @@ def _load_worker_model(source: str | bytes) -> None:
 
 def _worker_chunk(root: str, paths: list[str], start: int, size: int) -> Outputs:
     assert _worker_model is not None, "a worker runs _load_worker_model first"
-    return run_chunk(_worker_model, root, paths, start, size)
+    return _run_chunk(_worker_model, root, paths, start, size)
 
 
 def _decoded_then_run(
@@ -203,7 +203,8 @@ def _predict_cached(
     progress: Progress | None,
 ) -> Predicted:
     """Run the model over an already decoded uint8 ``N×3×S×S`` array, batch by batch."""
-    probs, embs = [model.empty_outputs()[0]], [model.empty_outputs()[1]]
+    no_probs, no_embs = model.empty_outputs()  # the widths, should there be no images
+    probs, embs = [no_probs], [no_embs]
     for start in range(0, len(images), batch_size):
         p, e = model(np.asarray(images[start : start + batch_size]))
         probs.append(p)
