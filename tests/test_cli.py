@@ -135,3 +135,19 @@ def test_help_lists_every_command():
     assert result.returncode == 0
     for command in ("fit", "assign", "eval", "export", "report", "demo"):
         assert command in result.stdout
+
+
+def test_the_console_script_loads_the_cli_only_when_run():
+    """Worker processes run the parent's main script again before their first task: for the
+    ``imgcluster`` console script that is ``from imgcluster.__main__ import main``, which must
+    not pull in the CLI (typer, rich) and cost every decode or assign worker ~0.1 s."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="imgcluster")
+    assert script.value == "imgcluster.__main__:main"
+    code = (
+        "import sys, imgcluster.__main__\n"
+        "print(sorted(m for m in ('typer', 'rich', 'imgcluster.cli') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
