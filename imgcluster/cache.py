@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from imgcluster.rundir import fsync_dir, process_alive
 FORMAT_VERSION = 2  # bump when the decode pipeline or file layout changes (2: bilinear resize)
 _DECODER_ID = f"imgcluster-decode-v{FORMAT_VERSION}/pillow-{PIL.__version__}"
 _COPY_ROWS = 1024  # rows per step when compacting, bounds RAM use
+_WRITEBACK_PARTS = 8  # background flushes per array while it is written (see _Writeback)
+_WRITEBACK_MIN_BYTES = 4 << 20
 
 _log = logging.getLogger(__name__)
 
@@ -78,6 +81,51 @@ class ArrayFile:
                     _write_all(fh, memoryview(np.ascontiguousarray(rows)).cast("B"))
         except OSError as exc:
             raise CacheWriteError(exc.errno, exc.strerror or str(exc)) from exc
+
+
+class _Writeback:
+    """Start writing a file's pages to disk while the file is still being written.
+
+    The array must be on disk before its manifest vouches for it, hence an fsync at the end.
+    But Linux keeps written pages in memory until they are old or plentiful (for an array under
+    ~10 % of RAM, until that fsync), so the fsync would wait for the whole file after the
+    decoders are done. Here, each time another ``every`` bytes have been written, a background
+    thread runs fdatasync while the decode goes on; the final fsync then waits only for what
+    came after the last one (10,000 CIFAR images: ~38 → ~7 ms; far more for a large cache on a
+    slow disk). Use as a context manager; an error of a background flush (a full disk found
+    only at write-back time, say) is raised on leaving as :class:`CacheWriteError`.
+    """
+
+    def __init__(self, path: Path, every: int) -> None:
+        self._fd = os.open(path, os.O_RDWR)
+        self._every, self._pending = max(1, every), 0
+        self._thread: threading.Thread | None = None
+        self._error: OSError | None = None
+
+    def __enter__(self) -> _Writeback:
+        return self
+
+    def wrote(self, nbytes: int) -> None:
+        """``nbytes`` more were written: flush in the background if enough are waiting."""
+        self._pending += nbytes
+        if self._pending >= self._every and not (self._thread and self._thread.is_alive()):
+            self._pending = 0
+            self._thread = threading.Thread(target=self._flush, daemon=True)
+            self._thread.start()
+
+    def _flush(self) -> None:
+        try:
+            getattr(os, "fdatasync", os.fsync)(self._fd)
+        except OSError as exc:
+            self._error = exc
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        os.close(self._fd)
+        if self._error is not None and exc_type is None:
+            err = self._error
+            raise CacheWriteError(err.errno, err.strerror or str(err)) from err
 
 
 @dataclass
@@ -354,11 +402,14 @@ def _decode_all(
     target = ArrayFile.create(tmp, total, size)
     failures: dict[int, str] = {}
     done = 0
-    for written, failed in _decode_chunks(str(root), paths, size, workers, target):
-        failures.update(failed)
-        done += written + len(failed)
-        if progress is not None:
-            progress(done, total)
+    every = max(_WRITEBACK_MIN_BYTES, total * target.row_bytes // _WRITEBACK_PARTS)
+    with _Writeback(tmp, every) as writeback:
+        for written, failed in _decode_chunks(str(root), paths, size, workers, target):
+            writeback.wrote(written * target.row_bytes)
+            failures.update(failed)
+            done += written + len(failed)
+            if progress is not None:
+                progress(done, total)
     return failures
 
 

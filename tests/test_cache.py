@@ -283,6 +283,43 @@ def test_a_full_disk_is_one_error_and_leaves_nothing(
     assert list(folder.iterdir()) == []
 
 
+def test_the_array_is_flushed_while_it_is_written(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Background flushes start as rows come in, at most one at a time, and the array they
+    flush is the same, byte for byte."""
+    root = data_root / "cifar10-test"
+    paths = [f"{c}/{i:04d}.jpg" for c in ("cat", "dog", "ship") for i in range(100)]
+    one = build_cache(root, paths, 32, tmp_path / "plain", workers=1)
+    flushed: list[int] = []
+    monkeypatch.setattr(cache_mod.os, "fdatasync", flushed.append)  # instant: no overlap
+    monkeypatch.setattr(cache_mod, "_WRITEBACK_MIN_BYTES", 3 * 32 * 32 * 16)  # every 16 rows
+    again = build_cache(root, paths, 32, tmp_path / "flushed", workers=1)
+    # Each chunk of at least 16 rows may start one, unless the last one is still running
+    # (300 images, one decoder: chunks of 75 rows shrinking to 16).
+    chunks = workers.chunk_plan(0, len(paths), 75, 1)
+    assert 2 <= len(flushed) <= sum(count >= 16 for count in chunks.values())
+    assert again.file.read_bytes() == one.file.read_bytes()
+
+
+def test_a_failed_background_flush_fails_the_build(
+    corpus: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk can show only when pages are written back: the background flush's error
+    ends the build like a failed write, and the half-built array is removed."""
+    root, paths = corpus
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache_mod.os, "fdatasync", full)
+    monkeypatch.setattr(cache_mod, "_WRITEBACK_MIN_BYTES", 1)
+    folder = tmp_path / "c"
+    with pytest.raises(cache_mod.CacheWriteError, match="No space left"):
+        build_cache(root, paths, 32, folder, workers=1)
+    assert list(folder.iterdir()) == []
+
+
 def test_a_worker_that_cannot_write_is_not_retried_here(
     data_root: Path,
     tmp_path: Path,
