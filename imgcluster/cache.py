@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -32,8 +31,6 @@ _DECODER_ID = f"imgcluster-decode-v{FORMAT_VERSION}/pillow-{PIL.__version__}"
 _COPY_ROWS = 1024  # rows per step when compacting, bounds RAM use
 _WRITEBACK_PARTS = 8  # background flushes per array while it is written (see _Writeback)
 _WRITEBACK_MIN_BYTES = 4 << 20
-
-_log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 ChunkResult = tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]
@@ -92,13 +89,15 @@ class _Writeback:
     decoders are done. Here, each time another ``every`` bytes have been written, a background
     thread runs fdatasync while the decode goes on; the final fsync then waits only for what
     came after the last one (10,000 CIFAR images: ~38 → ~7 ms; far more for a large cache on a
-    slow disk). Use as a context manager; an error of a background flush (a full disk found
+    slow disk). ``every`` is an eighth of the file's ``size``, at least 4 MB. Use as a context
+    manager; an error of a background flush (a full disk found
     only at write-back time, say) is raised on leaving as :class:`CacheWriteError`.
     """
 
-    def __init__(self, path: Path, every: int) -> None:
+    def __init__(self, path: Path, size: int) -> None:
         self._fd = os.open(path, os.O_RDWR)
-        self._every, self._pending = max(1, every), 0
+        self._every = max(_WRITEBACK_MIN_BYTES, size // _WRITEBACK_PARTS)
+        self._pending = 0
         self._thread: threading.Thread | None = None
         self._error: OSError | None = None
 
@@ -285,11 +284,13 @@ def cache_arrays(
     tmp = npy.with_name(f"{npy.name}.tmp-{os.getpid()}")
     try:
         out = ArrayFile.create(tmp, len(paths), size)
-        for begin in range(0, len(paths), _COPY_ROWS):
-            chunk = images[begin : begin + _COPY_ROWS]
-            out.write_rows([(begin, np.stack([resize_array(im, size) for im in chunk]))])
-            if progress is not None:
-                progress(begin + len(chunk), len(paths))
+        with _Writeback(tmp, len(paths) * out.row_bytes) as writeback:
+            for begin in range(0, len(paths), _COPY_ROWS):
+                chunk = images[begin : begin + _COPY_ROWS]
+                out.write_rows([(begin, np.stack([resize_array(im, size) for im in chunk]))])
+                writeback.wrote(len(chunk) * out.row_bytes)
+                if progress is not None:
+                    progress(begin + len(chunk), len(paths))
         _fsync_file(tmp)
         os.replace(tmp, npy)
     finally:
@@ -402,8 +403,7 @@ def _decode_all(
     target = ArrayFile.create(tmp, total, size)
     failures: dict[int, str] = {}
     done = 0
-    every = max(_WRITEBACK_MIN_BYTES, total * target.row_bytes // _WRITEBACK_PARTS)
-    with _Writeback(tmp, every) as writeback:
+    with _Writeback(tmp, total * target.row_bytes) as writeback:
         for written, failed in _decode_chunks(str(root), paths, size, workers, target):
             writeback.wrote(written * target.row_bytes)
             failures.update(failed)

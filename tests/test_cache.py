@@ -294,6 +294,7 @@ def test_the_array_is_flushed_while_it_is_written(
     flushed: list[int] = []
     monkeypatch.setattr(cache_mod.os, "fdatasync", flushed.append)  # instant: no overlap
     monkeypatch.setattr(cache_mod, "_WRITEBACK_MIN_BYTES", 3 * 32 * 32 * 16)  # every 16 rows
+    monkeypatch.setattr(cache_mod, "_WRITEBACK_PARTS", 10**6)
     again = build_cache(root, paths, 32, tmp_path / "flushed", workers=1)
     # Each chunk of at least 16 rows may start one, unless the last one is still running
     # (300 images, one decoder: chunks of 75 rows shrinking to 16).
@@ -314,6 +315,7 @@ def test_a_failed_background_flush_fails_the_build(
 
     monkeypatch.setattr(cache_mod.os, "fdatasync", full)
     monkeypatch.setattr(cache_mod, "_WRITEBACK_MIN_BYTES", 1)
+    monkeypatch.setattr(cache_mod, "_WRITEBACK_PARTS", 10**6)  # a flush after the first rows
     folder = tmp_path / "c"
     with pytest.raises(cache_mod.CacheWriteError, match="No space left"):
         build_cache(root, paths, 32, folder, workers=1)
