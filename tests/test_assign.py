@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,54 @@ def test_assign_never_imports_torch(tiny_run: Path, tmp_path: Path):
                             timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["images"] == 100
+
+
+def _workers_of(pid: int) -> int:
+    """How many processes the worker server (forkserver) started by ``pid`` has running."""
+    parent, command = {}, {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):  # the process ended meanwhile
+            continue
+        parent[int(entry.name)], command[int(entry.name)] = ppid, cmdline
+    servers = {p for p, pp in parent.items() if pp == pid and b"forkserver" in command[p]}
+    return sum(pp in servers for pp in parent.values())
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="counts processes via /proc")
+def test_a_big_folder_through_the_console_script_with_workers(
+    tiny_run: Path, data_root: Path, tmp_path: Path
+):
+    """The whole CIFAR-10 test split (10,000 files, seconds of work) through the installed
+    ``imgcluster`` script with two decoders: a worker starts (it runs the script again before
+    its first task, and loads its own onnxruntime session), and the assignments equal those of
+    one process."""
+    script = Path(sys.executable).with_name("imgcluster")
+    if not script.is_file():
+        pytest.skip("the imgcluster console script is not installed beside this Python")
+    source = data_root / "cifar10-test"
+    rows, pool, seconds = {}, {}, {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.csv"
+        args = [str(source), "--model", str(tiny_run / "model.onnx"), "--csv", str(out)]
+        cmd = [str(script), "assign", *args, "--workers", str(workers), "--json"]
+        log, err = tmp_path / f"w{workers}.json", tmp_path / f"w{workers}.err"
+        with open(log, "wb") as stdout, open(err, "wb") as stderr:  # files: pipes could fill
+            proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr)
+            seen = 0
+            while proc.poll() is None:
+                seen = max(seen, _workers_of(proc.pid))
+                time.sleep(0.05)
+        assert proc.returncode == 0, err.read_text()
+        rows[workers], pool[workers] = out.read_text(), seen
+        seconds[workers] = json.loads(log.read_text())["seconds"]
+    assert rows[2] == rows[1] and rows[1].count("\n") == 10_001
+    assert pool[1] == 0
+    # A pool starts when the work would take over a second in one process: a machine fast
+    # enough to do it all in less is let off.
+    assert pool[2] == 1 or seconds[1] < 2.0, (pool, seconds)
 
 
 @pytest.mark.parametrize(
