@@ -1,13 +1,14 @@
 """Run the exported model over image files: decoded and run in this process and in workers.
 
 Scope: the inference pipeline of ``assign``. Files are split into chunks shared between this
-process and worker processes (:func:`imgcluster.workers.share_chunks`). On the CPU each chunk is
-decoded (:func:`imgcluster.decode.decode_image`) and run through the model by the process that
-took it, each with a one-thread onnxruntime session: only the outputs (a few hundred bytes per
-image) travel back, no pixels, and no inference threads compete with the decoders for the cores.
-With a GPU provider the workers only decode and this process batches their pixels into the one
-session on the GPU. Folders too small to repay a pool's start stay in this process; a run's own
-images, already in the decode cache, are not decoded at all. This module never imports torch.
+process and worker processes (:func:`imgcluster.workers.share_chunks`). On the CPU, with a
+small model, each chunk is decoded (:func:`imgcluster.decode.decode_image`) and run through the
+model by the process that took it, each with a one-thread onnxruntime session: only the outputs
+(a few hundred bytes per image) travel back, no pixels, and no inference threads compete with
+the decoders for the cores. With a GPU provider, or a big model, the workers only decode and
+this process batches their pixels into its one session. Folders too small to repay a pool's
+start stay in this process; a run's own images, already in the decode cache, are not decoded
+at all. This module never imports torch.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ Outputs = tuple[np.ndarray, np.ndarray, np.ndarray, Failures]
 # Files per chunk on the CPU (each chunk is one inference batch): bigger batches run no faster
 # there, and each decoder holds one batch's activations.
 _CPU_CHUNK = 64
+# Each decoder holds its own session and a batch's activations: for the small net (a 2 MB
+# file) ~90 MB per process at 96 px, for ResNet-34 (85 MB) ~580 MB. A model file over this size
+# runs in this process only (all its threads), the workers just decode: its arithmetic
+# outweighs the decoding anyway, and the memory stays that of one session.
+_PER_DECODER_MODEL_MAX_BYTES = 16 << 20
 
 T = TypeVar("T")
 
@@ -76,7 +82,7 @@ def predict_files(
             model, cached.images, cached.paths, cached.skipped, batch_size, progress
         )
     outputs = _Gathered(model, len(paths))
-    if model.on_cpu:
+    if model.on_cpu and model.weight_bytes <= _PER_DECODER_MODEL_MAX_BYTES:
         chunks = _cpu_chunks(model, str(root), paths, min(batch_size, _CPU_CHUNK), workers)
     else:
         chunks = _decoded_then_run(model, str(root), paths, batch_size, workers)
@@ -162,8 +168,8 @@ def _worker_chunk(root: str, paths: list[str], start: int, size: int) -> Outputs
 def _decoded_then_run(
     model: OnnxModel, root: str, paths: Sequence[str], batch_size: int, workers: int | None
 ) -> Iterator[Outputs]:
-    """For a GPU session: chunks decoded here and in workers, run here in batches of up to
-    ``batch_size`` images as they arrive."""
+    """For a GPU session or a big model: chunks decoded here and in workers, run here in
+    batches of up to ``batch_size`` images as they arrive."""
     size = model.info.image_size
 
     def here(start: int, count: int) -> ChunkResult:

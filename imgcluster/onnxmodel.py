@@ -90,6 +90,7 @@ class OnnxModel:
             options.intra_op_num_threads = threads
         source = model if isinstance(model, bytes) else str(model)
         self.source = source
+        self.weight_bytes = len(model) if isinstance(model, bytes) else _file_size(model)
         try:
             self.session = ort.InferenceSession(source, options, providers=providers())
         except Exception as e:  # onnxruntime raises its own types for unreadable files
@@ -147,3 +148,10 @@ def _output_width(session: object, name: str, where: str) -> int:
     if shape is None or len(shape) != 2 or not isinstance(shape[1], int):
         raise RunError(f"{where} is not an imgcluster model (no N×d output {name!r})")
     return shape[1]
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:  # the session below reports the missing or unreadable file
+        return 0

@@ -116,19 +116,26 @@ def test_workers_that_run_the_model_give_the_same_outputs(
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
 
 
+@pytest.mark.parametrize("why", ["gpu", "big model"])
 def test_workers_that_only_decode_give_the_same_outputs(
+    why: str,
     model: OnnxModel,
     folder: Folder,
     alone: inference.Predicted,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The GPU path, run on the CPU: pixels come back from the workers and this process runs
-    them in batches of at most ``batch_size``."""
+    """The path of a GPU session or of a model too big for a session per decoder, run on the
+    CPU: pixels come back from the workers and this process runs them in batches of at most
+    ``batch_size``."""
     root, paths = folder
     setups = _spy_pools(monkeypatch)
     gpu_like = OnnxModel(model.source)
-    monkeypatch.setattr(OnnxModel, "on_cpu", property(lambda self: self is not gpu_like))
+    if why == "gpu":
+        monkeypatch.setattr(OnnxModel, "on_cpu", property(lambda self: self is not gpu_like))
+    else:
+        assert gpu_like.weight_bytes > 0
+        monkeypatch.setattr(inference, "_PER_DECODER_MODEL_MAX_BYTES", gpu_like.weight_bytes - 1)
     batches: list[int] = []
     real_call = OnnxModel.__call__
 
