@@ -386,7 +386,9 @@ def assign(
     ),
     mode: str = typer.Option("copy", "--mode", help="copy | hardlink | symlink."),
     batch_size: int = typer.Option(
-        256, "--batch-size", help="Most images per onnxruntime call (at most 64 on a CPU)."
+        256,
+        "--batch-size",
+        help="Most images per onnxruntime call (at most 64 where each decoder runs the model).",
     ),
     unsure_below: float | None = typer.Option(
         None, "--unsure-below", help="Put images with confidence under P into OUT/unsure/."
@@ -399,8 +401,8 @@ def assign(
     ),
     workers: int | None = typer.Option(
         None,
-        help="Decoders (on a CPU they also run the model): this process and N-1 worker "
-        "processes \\[default: all cores].",
+        help="Decoders (on a CPU, with a small model, each also runs it): this process and N-1 "
+        "worker processes \\[default: all cores].",
     ),
     follow_links: bool = typer.Option(
         False,
