@@ -10,7 +10,7 @@ running, as in ``imgcluster fit`` and ``assign``, which start it while torch or 
 loads (``speedup``: the median of those rounds). On a shared machine the numbers are noisy.
 
 ``--ceiling`` also measures, in each round, what two processes can do on this machine at all:
-two idle worker processes each decode half of the files with a plain ``decode_image`` loop,
+two idle worker processes each decode half of the files in one ``decode_chunk`` call,
 timed inside each, against this process decoding all of them the same way. ``ceiling`` is the
 median of one / slower half; ``of_ceiling`` is ``speedup`` over it (1.0: the cache's 2-decoder
 build loses nothing to its own bookkeeping).
@@ -19,15 +19,13 @@ build loses nothing to its own bookkeeping).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from imgcluster.cache import Stamps, build_cache, default_image_size
-from imgcluster.decode import DecodeError, decode_image
+from imgcluster.cache import Stamps, build_cache, decode_chunk, default_image_size
 from imgcluster.scan import scan_folder
 from imgcluster.workers import usable_cpus, worker_pool
 
@@ -44,11 +42,9 @@ def _timed_build(
 
 
 def plain_decode(root: str, paths: list[str], size: int) -> float:
-    """Seconds to decode ``paths`` one after another in this process, keeping nothing."""
+    """Seconds for one ``decode_chunk`` of ``paths`` in this process (no file is written)."""
     start = time.perf_counter()
-    for rel in paths:
-        with contextlib.suppress(DecodeError):  # a bad file costs what it costs the cache
-            decode_image(f"{root}/{rel}", size)
+    decode_chunk(root, paths, 0, size)
     return time.perf_counter() - start
 
 

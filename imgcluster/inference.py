@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
@@ -37,8 +36,6 @@ _CPU_CHUNK = 64
 # runs in this process only (all its threads), the workers just decode: its arithmetic
 # outweighs the decoding anyway, and the memory stays that of one session.
 _PER_DECODER_MODEL_MAX_BYTES = 16 << 20
-
-T = TypeVar("T")
 
 _worker_model: OnnxModel | None = None  # a worker's own session (see _load_worker_model)
 
@@ -181,23 +178,14 @@ def _decoded_then_run(
     rows, images = np.zeros(0, np.int64), np.zeros((0, 3, size, size), np.uint8)
     failures: Failures = []
     chunks = workers_mod.share_chunks(len(paths), workers, here, task, max_chunk=batch_size)
-    for last, (_, (chunk_rows, chunk_images, chunk_failures)) in _mark_last(chunks):
+    for _, (chunk_rows, chunk_images, chunk_failures) in chunks:
         rows, images = np.concatenate([rows, chunk_rows]), np.concatenate([images, chunk_images])
         failures.extend(chunk_failures)
-        while len(rows) >= batch_size or (last and (len(rows) or failures)):
-            outputs = model(images[:batch_size]) if len(rows) else model.empty_outputs()
-            yield rows[:batch_size], *outputs, failures
+        while len(rows) >= batch_size:
+            yield rows[:batch_size], *model(images[:batch_size]), failures
             rows, images, failures = rows[batch_size:], images[batch_size:], []
-
-
-def _mark_last(items: Iterator[T]) -> Iterator[tuple[bool, T]]:
-    """``(is_last, item)`` for each item."""
-    previous = next(items, None)
-    for item in items:
-        yield False, previous
-        previous = item
-    if previous is not None:
-        yield True, previous
+    if len(rows) or failures:  # the last, partial batch
+        yield rows, *(model(images) if len(rows) else model.empty_outputs()), failures
 
 
 def _predict_cached(

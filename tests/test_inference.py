@@ -8,6 +8,7 @@ that cannot start) must give the same paths, outputs and skips as the plain in-p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,21 @@ def alone(
     return inference.predict_files(model, root, paths, workers=1, cache_dir=cache)
 
 
+@dataclass(frozen=True)
+class Case:
+    """The model, the folder and the reference outputs every other way is held to."""
+
+    model: OnnxModel
+    root: Path
+    paths: list[str]
+    alone: inference.Predicted
+
+
+@pytest.fixture(scope="module")
+def case(model: OnnxModel, folder: Folder, alone: inference.Predicted) -> Case:
+    return Case(model, *folder, alone)
+
+
 def _same(a: inference.Predicted, b: inference.Predicted, exact: bool = True) -> None:
     assert a.paths == b.paths and a.skipped == b.skipped and not b.from_cache
     if exact:
@@ -92,13 +108,9 @@ def _spy_pools(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 
 
 def test_workers_that_run_the_model_give_the_same_outputs(
-    model: OnnxModel,
-    folder: Folder,
-    alone: inference.Predicted,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root, paths = folder
+    model, root, paths, alone = case.model, case.root, case.paths, case.alone
     setups = _spy_pools(monkeypatch)
     calls: list[tuple[int, int]] = []
     shared = inference.predict_files(
@@ -118,17 +130,12 @@ def test_workers_that_run_the_model_give_the_same_outputs(
 
 @pytest.mark.parametrize("why", ["gpu", "big model"])
 def test_workers_that_only_decode_give_the_same_outputs(
-    why: str,
-    model: OnnxModel,
-    folder: Folder,
-    alone: inference.Predicted,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    why: str, case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The path of a GPU session or of a model too big for a session per decoder, run on the
     CPU: pixels come back from the workers and this process runs them in batches of at most
     ``batch_size``."""
-    root, paths = folder
+    model, root, paths, alone = case.model, case.root, case.paths, case.alone
     setups = _spy_pools(monkeypatch)
     gpu_like = OnnxModel(model.source)
     if why == "gpu":
@@ -153,21 +160,16 @@ def test_workers_that_only_decode_give_the_same_outputs(
 
 
 def test_a_pool_that_cannot_start_leaves_it_all_here(
-    model: OnnxModel,
-    folder: Folder,
-    alone: inference.Predicted,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root, paths = folder
 
     def no_processes(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise OSError("process creation not permitted")
 
     monkeypatch.setattr(workers.cf, "ProcessPoolExecutor", no_processes)
     monkeypatch.setattr(workers, "POOL_MIN_SECONDS", 0.0)
-    here = inference.predict_files(model, root, paths, workers=2, cache_dir=tmp_path)
-    _same(alone, here)
+    here = inference.predict_files(case.model, case.root, case.paths, workers=2, cache_dir=tmp_path)
+    _same(case.alone, here)
 
 
 def test_nothing_readable_gives_empty_outputs_of_the_right_widths(
