@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# Below this temperature the memory's logits are shifted by their maximum before e^ℓ.
+UNSHIFTED_MIN_TEMPERATURE = 0.02
+
 
 def memory_logits(q: Tensor, memory: Tensor, num_banks: int, temperature: float) -> Tensor:
     """cos(q_i, k̃)/τ for every key of every bank.
@@ -35,10 +38,37 @@ def mask_own_keys_(mem_logits: Tensor, key_ids: Tensor, idx: Tensor) -> Tensor:
     larger than the memory, an image's previous key is nearly always stored; as a negative it
     would push q away from itself, and in Eq. 3 it would vote for its old cluster. A masked
     entry is left out of every sum over the memory, and so gets no gradient.
+
+    On a CPU only the few own entries are found and written (:func:`_own_key_entries`); on a
+    GPU, where each kernel launch costs more than a pass over n×C×B, one comparison of every
+    entry does it without reading a value on the host.
     """
-    own = key_ids[None, :, :] == idx[:, None, None]
     with torch.no_grad():
+        if mem_logits.device.type == "cpu":
+            rows, banks, slots = _own_key_entries(key_ids, idx)
+            mem_logits[rows, banks, slots] = float("-inf")
+            return mem_logits
+        own = key_ids[None, :, :] == idx[:, None, None]
         return mem_logits.masked_fill_(own, float("-inf"))
+
+
+def _own_key_entries(key_ids: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(row, bank, slot) of every entry with ``key_ids[bank, slot] == idx[row]``.
+
+    Each of the C·B ids is looked up in the sorted batch (log n steps) instead of compared
+    with all n of them; only the few slots found are then matched to their rows exactly, so a
+    batch that holds an image twice masks it in both rows. Reads values on the host.
+    """
+    empty = torch.zeros(0, dtype=torch.long, device=idx.device)
+    if idx.numel() == 0:
+        return empty, empty, empty
+    flat = key_ids.reshape(-1)
+    batch = idx.sort().values
+    found = batch[torch.searchsorted(batch, flat).clamp_(max=len(batch) - 1)] == flat
+    held = found.nonzero().squeeze(1)  # slots holding a key of some batch image
+    rows, which = (flat[held][None, :] == idx[:, None]).nonzero(as_tuple=True)
+    entries = held[which]
+    return rows, entries // key_ids.shape[1], entries % key_ids.shape[1]
 
 
 def bank_logsumexp(
@@ -61,18 +91,27 @@ class _BankLogSumExp(torch.autograd.Function):
     π_ijb = e^{ℓ_ijb − lse_ij} (the softmax within bank j). The forward pass keeps the
     exponentials it computes anyway, so the backward pass is one product and one matmul; the
     generic path (logits → torch.logsumexp) recomputes them and keeps the logits besides.
+
+    q and the keys are unit vectors, so |ℓ| ≤ 1/τ. For τ ≥ :data:`UNSHIFTED_MIN_TEMPERATURE`
+    (1/τ ≤ 50; e^50 ≈ 5·10^21, e^−50 ≈ 2·10^−22, both well inside float32) the exponentials
+    are taken as they are; the usual subtraction of each bank's maximum, two more passes over
+    n×C×B, is needed only below that.
     """
 
     @staticmethod
     def forward(ctx, q, memory, key_ids, idx, num_banks, temperature):  # type: ignore[override]
         logits = mask_own_keys_(memory_logits(q, memory, num_banks, temperature), key_ids, idx)
-        peak = logits.amax(dim=2, keepdim=True)
-        peak = torch.where(torch.isfinite(peak), peak, 0.0)  # an all-masked bank: e^−inf = 0
-        exps = logits.sub_(peak).exp_()  # in place: the logits are not needed again
-        mass = exps.sum(dim=2)  # n×C
+        if temperature >= UNSHIFTED_MIN_TEMPERATURE:
+            peak = None  # |ℓ| ≤ 1/τ: e^ℓ neither overflows nor underflows in float32
+        else:
+            peak = logits.amax(dim=2, keepdim=True)
+            peak = torch.where(torch.isfinite(peak), peak, 0.0)  # an all-masked bank: e^−inf = 0
+            logits.sub_(peak)
+        exps = logits.exp_()  # in place: the logits are not needed again
+        mass = exps.sum(dim=2)  # n×C; an all-masked bank: 0, so its log-sum-exp is −inf
         ctx.save_for_backward(exps, mass, memory)
         ctx.scale, ctx.dtype = 1.0 / temperature, q.dtype
-        return mass.log() + peak.squeeze(2)
+        return mass.log() if peak is None else mass.log() + peak.squeeze(2)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from imgcluster.losses import (
+    UNSHIFTED_MIN_TEMPERATURE,
     bank_logsumexp,
     cluster_discrimination_loss,
     cross_cluster_id_loss,
@@ -137,6 +139,22 @@ def test_own_keys_are_masked_and_only_them():
     assert not torch.isinf(masked[2]).any()
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_own_key_lookup_equals_comparing_every_entry(seed: int) -> None:
+    """The CPU's sorted lookup masks exactly the entries that comparing each of them with every
+    batch image finds, also when the batch holds an image twice and slots are empty (−1)."""
+    gen = torch.Generator().manual_seed(seed)
+    c, b, n = 5, 40, 16
+    key_ids = torch.randint(-1, 60, (c, b), generator=gen)
+    idx = torch.randint(0, 60, (n,), generator=gen)
+    idx[1] = idx[0]  # a duplicate
+    got = mask_own_keys_(torch.zeros(n, c, b), key_ids, idx)
+    want = torch.zeros(n, c, b).masked_fill(key_ids[None] == idx[:, None, None], float("-inf"))
+    assert torch.isinf(want).any()
+    assert torch.equal(got, want)
+    assert mask_own_keys_(torch.zeros(0, c, b), key_ids, idx[:0]).shape == (0, c, b)
+
+
 def reference_id_loss(q, k, memory, key_ids, idx, labels, c, tau):
     """Eq. 1 the direct way, all in autograd: out-of-place masks, one flat log-sum-exp over
     the positive and every negative key."""
@@ -195,17 +213,22 @@ def test_bank_logsumexp_gradient_is_exact() -> None:
     assert torch.autograd.gradcheck(fn, (q,))
 
 
-def test_bank_logsumexp_matches_torch_logsumexp_and_survives_an_all_masked_bank() -> None:
+@pytest.mark.parametrize("tau", [0.005, UNSHIFTED_MIN_TEMPERATURE, TAU, 1.0])
+def test_bank_logsumexp_matches_torch_logsumexp_and_survives_an_all_masked_bank(
+    tau: float,
+) -> None:
+    """Both ways of taking e^ℓ: shifted by each bank's maximum (τ below the threshold, where
+    e^{1/τ} would overflow float32 at τ = 0.005) and unshifted."""
     torch.manual_seed(6)
     n, c, b, d = 3, 2, 4, 8
     memory, idx = _unit(c * b, d).float(), torch.tensor([7, 8, 9])
     key_ids = torch.tensor([[7, 7, 7, 7], [1, 8, 2, 3]])  # bank 0 holds only image 7's keys
     q1 = _unit(n, d).float().requires_grad_(True)
     q2 = q1.detach().clone().requires_grad_(True)
-    logits = (q1 @ memory.T / TAU).view(n, c, b)
+    logits = (q1 @ memory.T / tau).view(n, c, b)
     logits = logits.masked_fill(key_ids[None] == idx[:, None, None], float("-inf"))
     want = torch.logsumexp(logits, dim=2)
-    got = bank_logsumexp(q2, memory, key_ids, idx, c, TAU)
+    got = bank_logsumexp(q2, memory, key_ids, idx, c, tau)
     torch.testing.assert_close(got, want)
     assert got[0, 0] == float("-inf")  # every key of bank 0 is image 7's own
     weights = torch.tensor([[0.0, 1.0], [2.0, -1.0], [0.5, 3.0]])
