@@ -16,6 +16,8 @@ mapped cache, the loss sums and the progress callback to the trainer block).
 
 After warm-up the three blocks alternate ``--rounds`` times in one process, so a busy machine
 slows them alike; the medians over rounds and the median of the per-round ratios are reported.
+Building the Trainer tunes the process's malloc as ``fit`` does (:mod:`imgcluster.allocator`),
+so the bare block runs with that tuning too.
 
     python benchmarks/throughput.py data/cifar10-test --backbone small --json
     python benchmarks/throughput.py data/cifar10-test --backbone resnet18 --steps 3 --json

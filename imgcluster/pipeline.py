@@ -23,6 +23,7 @@ import torch
 
 from imgcluster import __version__
 from imgcluster import rundir as rd
+from imgcluster.allocator import retain_freed_memory
 from imgcluster.cache import ImageCache, build_cache, cache_dir_default, default_image_size
 from imgcluster.config import RunConfig
 from imgcluster.device import DeviceImages, compile_pays, resolve_device, use_fast_kernels
@@ -230,6 +231,7 @@ class Trainer:
     ) -> None:
         self.cfg, self.device, self.world, self.truth = cfg, device, world, truth
         use_fast_kernels(device)
+        retain_freed_memory()  # each step's tensors reuse the last step's pages
         torch.manual_seed(cfg.optim.seed)
         n = len(cache.paths)
         self.model = SCL(
