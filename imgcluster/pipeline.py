@@ -23,7 +23,7 @@ import torch
 
 from imgcluster import __version__
 from imgcluster import rundir as rd
-from imgcluster.allocator import retain_freed_memory
+from imgcluster.allocator import release_free_memory, retain_freed_memory
 from imgcluster.cache import ImageCache, build_cache, cache_dir_default, default_image_size
 from imgcluster.config import RunConfig
 from imgcluster.device import DeviceImages, compile_pays, resolve_device, use_fast_kernels
@@ -44,6 +44,7 @@ from imgcluster.schedule import epochs_for_budget, steps_per_epoch, total_steps_
 from imgcluster.scl import CLUSTERING, SCL
 from imgcluster.train import (
     MEMORY_FORMAT,
+    PREDICT_BATCH,
     Callback,
     Predictions,
     Progress,
@@ -253,6 +254,11 @@ class Trainer:
         self.aug_gen = torch.Generator(device=device).manual_seed(aug_seed)
         self.images = DeviceImages(cache.images, device)
         self.batch = global_batch_size(cfg.optim.batch_size, n, world.world_size)
+        # On a CPU the label update reuses the memory that a training step frees: in batches
+        # of the step's size its tensors fit the freed blocks, where 512s would add ~200 MB of
+        # their own to the peak (docs/benchmarks.md). A GPU's caching allocator needs no help.
+        cpu = device.type == "cpu"
+        self.predict_batch = self.batch // world.world_size if cpu else PREDICT_BATCH
         self.digest = paths_digest(cache.paths)
         self.epoch, self.epochs_total = 0, cfg.optim.epochs
         self.last_predictions: Predictions | None = None
@@ -333,7 +339,8 @@ class Trainer:
 
     def predict(self) -> Predictions:
         """All N images through the final model; under DDP each rank predicts a share."""
-        return predict_all(self.model, self.images, self.cfg.scl.temperature, self.world)
+        temperature = self.cfg.scl.temperature
+        return predict_all(self.model, self.images, temperature, self.world, self.predict_batch)
 
     def update_labels(self, seed: int) -> dict[str, Any]:
         """Eq. 5 with merge-and-split on the gathered predictions: on rank 0 only, its labels and
@@ -459,6 +466,7 @@ def _fit_rank(
     history = _start_history(trainer, out, state)
     finish = EXPORT_SECONDS + (REPORT_SECONDS if report else 0.0)
     _train(trainer, out, history, start, callback, budgeted=state is None, finish_s=finish)
+    release_free_memory()  # the pages kept for the steps: not needed by the export
     clusters, confidence = np.zeros(0, dtype=np.int64), np.zeros(0)  # other ranks: no result
     if world.is_main:
         clusters, confidence = final_assignments(trainer)

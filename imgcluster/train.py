@@ -39,6 +39,8 @@ from imgcluster.scl import SCL, LossTerms
 # Every backbone runs faster in channels_last, on a 2-core CPU (small net: training +40 %,
 # inference +55 %; ResNet-18 +14 %) as on GPUs with tensor cores.
 MEMORY_FORMAT = torch.channels_last
+# The label update's batch on a GPU, where larger batches mean fewer launches. On a CPU it
+# predicts in training batches, whose memory the steps have just freed (see Trainer).
 PREDICT_BATCH = 512
 
 
@@ -180,7 +182,11 @@ def train_step(
 
 @torch.no_grad()
 def predict(
-    model: SCL, images: DeviceImages, temperature: float, indices: Tensor | None = None
+    model: SCL,
+    images: DeviceImages,
+    temperature: float,
+    indices: Tensor | None = None,
+    batch_size: int = PREDICT_BATCH,
 ) -> Predictions:
     """Encoder (eval mode) and every head on a non-augmented view of all N images (or of
     ``indices``, in their order).
@@ -192,7 +198,7 @@ def predict(
     model.eval()
     feats, probs = [], {name: [] for name in model.tasks}
     mem_probs = {name: [] for name in model.tasks}
-    for idx, batch in images.sequential(PREDICT_BATCH, indices):
+    for idx, batch in images.sequential(batch_size, indices):
         with autocast(batch.device):
             x = preprocess(batch).contiguous(memory_format=MEMORY_FORMAT)
             q = model.encoder(x).float()  # n×d
@@ -209,14 +215,18 @@ def predict(
 
 
 def predict_all(
-    model: SCL, images: DeviceImages, temperature: float, world: World = World()
+    model: SCL,
+    images: DeviceImages,
+    temperature: float,
+    world: World = World(),
+    batch_size: int = PREDICT_BATCH,
 ) -> Predictions:
     """:func:`predict` of all N images; under DDP each rank predicts a contiguous share and the
     shares are gathered, so every rank holds all N predictions in order."""
     if not world.distributed:
-        return predict(model, images, temperature)
+        return predict(model, images, temperature, batch_size=batch_size)
     shares = torch.arange(len(images)).tensor_split(world.world_size)
-    part = predict(model, images, temperature, shares[world.rank])
+    part = predict(model, images, temperature, shares[world.rank], batch_size)
     sizes = [len(s) for s in shares]
 
     def gather(a: np.ndarray) -> np.ndarray:

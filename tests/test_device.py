@@ -59,6 +59,25 @@ def test_compile_is_on_by_default_only_on_a_gpu() -> None:
     assert trainer.kernels == train.StepKernels.eager(trainer.model)
 
 
+def test_the_trainer_keeps_freed_memory_and_predicts_in_training_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a CPU the label update predicts in batches of the training step's size, so it reuses
+    the memory the steps free; the batch size does not change the predictions."""
+    calls = []
+    monkeypatch.setattr(pipeline, "retain_freed_memory", lambda: calls.append(1) or True)
+    trainer = pipeline.Trainer(tiny_config(), random_cache(), torch.device("cpu"))
+    assert calls == [1]
+    assert trainer.predict_batch == trainer.batch == 32
+    by_step = trainer.predict()
+    by_seven = train.predict(trainer.model, trainer.images, 0.1, batch_size=7)
+    by_512 = train.predict(trainer.model, trainer.images, 0.1)
+    for other in (by_seven, by_512):
+        np.testing.assert_allclose(other.features, by_step.features, atol=1e-5)
+        for name, probs in by_step.probs.items():
+            np.testing.assert_allclose(other.probs[name], probs, atol=1e-5)
+
+
 def test_cpu_needs_no_autocast_or_kernel_settings() -> None:
     before = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
     use_fast_kernels(torch.device("cpu"))
