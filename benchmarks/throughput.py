@@ -17,7 +17,9 @@ mapped cache, the loss sums and the progress callback to the trainer block).
 After warm-up the three blocks alternate ``--rounds`` times in one process, so a busy machine
 slows them alike; the medians over rounds and the median of the per-round ratios are reported.
 Building the Trainer tunes the process's malloc as ``fit`` does (:mod:`imgcluster.allocator`),
-so the bare block runs with that tuning too.
+so the bare block runs with that tuning too. The JSON also gives each block's page faults and
+kernel CPU time per step; ``GLIBC_TUNABLES=glibc.malloc.perturb=0`` (a no-op setting, which
+makes imgcluster leave malloc alone) gives glibc's defaults for comparison.
 
     python benchmarks/throughput.py data/cifar10-test --backbone small --json
     python benchmarks/throughput.py data/cifar10-test --backbone resnet18 --steps 3 --json
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -191,14 +194,24 @@ def sync_sites(trainer: Trainer, steps: int = 3) -> dict[str, object]:
     return {"host_syncs_per_step": len(syncs) / steps, "sync_sites": sites}
 
 
-def timed(fn: Callable[[int], object], steps: int, device: torch.device) -> float:
+def timed(
+    fn: Callable[[int], object], steps: int, device: torch.device, kernel: list | None = None
+) -> float:
+    """Wall seconds of ``fn(steps)``; appends (page faults, kernel CPU ms) per step to
+    ``kernel``."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     fn(steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    if kernel is not None:
+        faults = (after.ru_minflt + after.ru_majflt - before.ru_minflt - before.ru_majflt) / steps
+        kernel.append((faults, 1000 * (after.ru_stime - before.ru_stime) / steps))
+    return seconds
 
 
 def measure(args: argparse.Namespace) -> dict[str, object]:
@@ -214,9 +227,11 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         warmup = {name: timed(fn, args.warmup, device) for name, fn in blocks.items()}
         syncs = sync_sites(trainer) if args.sync_check and device.type == "cuda" else {}
         rates: dict[str, list[float]] = {"trainer": [], "bare": [], "run_epoch": []}
+        kernel: dict[str, list] = {"trainer": [], "bare": []}
         for _ in range(args.rounds):
             for name, fn in blocks.items():
-                rates[name].append(args.steps * trainer.batch / timed(fn, args.steps, device))
+                seconds = timed(fn, args.steps, device, kernel[name])
+                rates[name].append(args.steps * trainer.batch / seconds)
             rates["run_epoch"].append(epoch(0))
     med = {name: statistics.median(v) for name, v in rates.items()}
     ratios = [t / b for t, b in zip(rates["trainer"], rates["bare"], strict=True)]
@@ -235,10 +250,18 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         "ratio": round(statistics.median(ratios), 3),
         "ratio_of_medians": round(med["trainer"] / med["bare"], 3),
         "per_round": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+        # Medians per step: page faults, and ms of CPU time spent in the kernel (see
+        # imgcluster.allocator; GLIBC_TUNABLES=glibc.malloc.perturb=0 runs with glibc's defaults).
+        "page_faults_per_step": {k: round(median_of(v, 0)) for k, v in kernel.items()},
+        "kernel_ms_per_step": {k: round(median_of(v, 1), 1) for k, v in kernel.items()},
         "compile": trainer.kernels.augment is not augment,  # as resolved (auto: on a GPU)
         "warmup_seconds": {k: round(v, 1) for k, v in warmup.items()},  # compiling included
         **syncs,
     }
+
+
+def median_of(rows: list[tuple[float, float]], column: int) -> float:
+    return statistics.median(row[column] for row in rows)
 
 
 def main(argv: list[str] | None = None) -> None:
