@@ -4,18 +4,19 @@ Why: every step allocates and frees the same hundreds of megabytes of tensors (a
 gradients, the memories' logits). With its default settings glibc's malloc serves a large block
 with a fresh memory mapping and unmaps it when it is freed, and gives the free top of its heap
 back to the kernel; the next step then touches new pages, which the kernel maps and zero-fills
-one 4 KiB page fault at a time. Measured on 2 cores, small net at 32 px: at batch 128,
-10,000-21,000 faults and 45-85 ms of kernel time per training step; at batch 256 (fit's
-default), 46,000-54,000 faults and about 0.2 s of kernel time on a step of 0.7 s. With the
-settings below: none, and the batch-256 step takes 0.5 s (docs/benchmarks.md).
+one 4 KiB page fault at a time. Measured on 2 cores, small net at 32 px: at batch 128, about
+11,000 faults and 36 ms of kernel time per training step; at batch 256 (fit's default), about
+42,000 faults and 146 ms, on a step of 0.58 s. With the settings below: none, and the
+batch-256 step takes 0.50 s (docs/benchmarks.md).
 
 The settings: no block is served by its own mapping (``M_MMAP_MAX`` 0), and the heap is never
 trimmed (``M_TRIM_THRESHOLD`` −1), so freed memory stays in the process for the next step. Two
-things keep the peak where it was: the label update predicts in training-sized batches on a CPU
-(its tensors then fit the blocks the steps freed), and :func:`release_free_memory` hands the
-kept pages back once training ends, before the export. Measured over 30 epochs, the resident
-size stays flat after the fourth. Memory freed by a library user's own code after training in
-the same process is kept until the next release or the process's end.
+things keep the peak close to where it was (within tens of MiB): the label update predicts in
+training-sized batches on a CPU (its tensors then fit the blocks the steps freed), and
+:func:`release_free_memory` hands the kept pages back once training ends, before the export.
+Measured over 30 epochs, the resident size stays flat after the fourth. Memory freed by a
+library user's own code after training in the same process is kept until the next release or
+the process's end.
 
 Only glibc is tuned (musl, macOS and Windows are left alone), and not when the user tunes
 malloc through its environment variables (``MALLOC_*_`` or ``GLIBC_TUNABLES``), which then win.

@@ -255,7 +255,7 @@ class Trainer:
         self.images = DeviceImages(cache.images, device)
         self.batch = global_batch_size(cfg.optim.batch_size, n, world.world_size)
         # On a CPU the label update reuses the memory that a training step frees: in batches
-        # of the step's size its tensors fit the freed blocks, where 512s would add ~200 MB of
+        # of the step's size its tensors fit the freed blocks, where 512s would add ~170 MB of
         # their own to the peak (docs/benchmarks.md). A GPU's caching allocator needs no help.
         cpu = device.type == "cpu"
         self.predict_batch = self.batch // world.world_size if cpu else PREDICT_BATCH
