@@ -419,12 +419,10 @@ def _decode_chunks(
     """Decode chunks into ``target`` (here and in worker processes, see
     :func:`imgcluster.workers.share_chunks`), yielding each one's outcome as it is done."""
 
-    def here(start: int, count: int) -> Written:
-        return decode_chunk_into(root, list(paths[start : start + count]), start, size, target)
-
     def task(start: int, count: int) -> workers_mod.Task:
         return decode_chunk_into, (root, list(paths[start : start + count]), start, size, target)
 
+    here = workers_mod.in_process(task)
     chunks = workers_mod.share_chunks(len(paths), workers, here, task, fatal=(CacheWriteError,))
     for _, written in chunks:
         yield written

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from imgcluster import workers as workers_mod
-from imgcluster.cache import ChunkResult, Stamps, decode_chunk, find_cache
+from imgcluster.cache import Stamps, decode_chunk, find_cache
 from imgcluster.onnxmodel import OnnxModel
 
 Progress = Callable[[int, int], None]
@@ -169,14 +169,12 @@ def _decoded_then_run(
     batches of up to ``batch_size`` images as they arrive."""
     size = model.info.image_size
 
-    def here(start: int, count: int) -> ChunkResult:
-        return decode_chunk(root, list(paths[start : start + count]), start, size)
-
     def task(start: int, count: int) -> workers_mod.Task:
         return decode_chunk, (root, list(paths[start : start + count]), start, size)
 
     rows, images = np.zeros(0, np.int64), np.zeros((0, 3, size, size), np.uint8)
     failures: Failures = []
+    here = workers_mod.in_process(task)
     chunks = workers_mod.share_chunks(len(paths), workers, here, task, max_chunk=batch_size)
     for _, (chunk_rows, chunk_images, chunk_failures) in chunks:
         rows, images = np.concatenate([rows, chunk_rows]), np.concatenate([images, chunk_images])

@@ -132,6 +132,16 @@ def chunk_plan(begin: int, end: int, chunk: int, n_workers: int) -> dict[int, in
     return chunks
 
 
+def in_process(task: Callable[[int, int], Task]) -> Callable[[int, int], Any]:
+    """The ``here`` of :func:`share_chunks` that calls ``task``'s function in this process."""
+
+    def here(start: int, count: int) -> Any:
+        function, args = task(start, count)
+        return function(*args)
+
+    return here
+
+
 def share_chunks(
     total: int,
     workers: int | None,
@@ -147,6 +157,7 @@ def share_chunks(
 
     ``here(start, count)`` does a chunk in this process; ``task(start, count)`` gives the
     picklable function and arguments that do it in a worker (set up by ``setup(*setup_args)``).
+    Where both do the same, ``here`` is :func:`in_process` of ``task``.
     Results come out of order. A pool that cannot start or breaks leaves the rest to this
     process, with a warning, unless the error is one of ``fatal`` (doing the work here would
     fail the same way), which is raised.
