@@ -291,6 +291,14 @@ def test_killed_before_its_first_checkpoint_starts_over(data_root: Path, tmp_pat
     assert [r["epoch"] for r in rd.read_history(run / rd.HISTORY)] == [1]
 
 
+def _heed_ctrl_c() -> None:
+    """In the child before it execs: SIGINT back to its default action. A test run started in
+    the background by a non-interactive shell ignores SIGINT, as its children would then do
+    (a program started with SIGINT ignored rightly keeps ignoring it), and the test would
+    wait for an exit that never comes."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(data_root: Path, tmp_path: Path) -> None:
     src = copy_cifar_subset(data_root, tmp_path / "src", 10)
     run = tmp_path / "run"
@@ -301,6 +309,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(data_root: Path, tmp_path: 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_heed_ctrl_c,
     )
     _wait(proc, lambda: _has_ckpt(run))
     proc.send_signal(signal.SIGINT)
