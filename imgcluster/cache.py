@@ -24,7 +24,7 @@ import PIL
 
 from imgcluster import workers as workers_mod
 from imgcluster.decode import DecodeError, decode_image, image_shape, resize_array
-from imgcluster.rundir import fsync_dir, process_alive
+from imgcluster.rundir import fsync_dir, process_alive, replace_atomically
 
 FORMAT_VERSION = 2  # bump when the decode pipeline or file layout changes (2: bilinear resize)
 _DECODER_ID = f"imgcluster-decode-v{FORMAT_VERSION}/pillow-{PIL.__version__}"
@@ -349,7 +349,8 @@ def _write_manifest(
         "skipped": [list(item) for item in skipped],
         "npy_bytes": npy.stat().st_size,
     }
-    _write_json_atomic(manifest, meta)
+    # ASCII escapes (json's default) keep undecodable (surrogate-escaped) names round-trippable.
+    replace_atomically(manifest, json.dumps(meta).encode("ascii"))
     fsync_dir(manifest.parent)
 
 
@@ -477,19 +478,6 @@ def _compact(src: Path, keep: Sequence[int], dst: Path) -> None:
         del source
         _fsync_file(tmp)
         os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            # ASCII escapes keep undecodable (surrogate-escaped) file names round-trippable.
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -35,10 +35,20 @@ class RunError(Exception):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """:func:`replace_atomically`, a failure reported as a one-line :class:`RunError`."""
+    try:
+        replace_atomically(path, data)
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def replace_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new, never a mix.
 
-    The temporary file of an earlier write to ``path`` whose process was killed (SIGKILL leaves
-    no time to clean up; a checkpoint's may be large) is removed first.
+    The data reach the disk (fsync) before the rename. The temporary file of an earlier write
+    to ``path`` whose process was killed (SIGKILL leaves no time to clean up; a checkpoint's
+    may be large) is removed first. Raises ``OSError`` (a full disk, say), leaving no
+    temporary behind.
     """
     path = Path(path)
     remove_dead_temporaries(path)
@@ -49,9 +59,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise RunError(f"cannot write {path}: {e.strerror or e}") from e
 
 
 def remove_dead_temporaries(path: Path) -> None:
