@@ -120,10 +120,15 @@ def _exit_with(owner: int, poll_seconds: float = 0.5) -> None:
 
 
 def chunk_plan(begin: int, end: int, chunk: int, n_workers: int) -> dict[int, int]:
-    """Chunks of items ``begin:end`` as ``{start: count}``, in order: ``chunk`` items each,
-    shrinking towards the end (each at most a ``4·n_workers``-th of what is left, and at least
-    :data:`MIN_CHUNK`), so that the workers finish together rather than one waiting for a last
-    long chunk of another."""
+    """Chunks of items ``begin:end`` as ``{start: count}``, in order: ``chunk`` items each.
+
+    With several workers the chunks shrink towards the end (each at most a ``4·n_workers``-th
+    of what is left, and at least :data:`MIN_CHUNK`), so that the workers finish together
+    rather than one waiting for a last long chunk of another. One worker has no one to wait
+    for: its chunks keep their size (the last one takes what is left).
+    """
+    if n_workers <= 1:
+        return {start: min(chunk, end - start) for start in range(begin, end, chunk)}
     chunks, start = {}, begin
     while start < end:
         count = max(MIN_CHUNK, min(chunk, math.ceil((end - start) / (4 * n_workers))))

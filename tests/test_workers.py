@@ -15,7 +15,7 @@ from imgcluster import workers
 
 
 @pytest.mark.parametrize(
-    ("begin", "end", "chunk", "n_workers"), [(32, 10_000, 256, 2), (0, 17, 16, 1), (5, 6, 16, 4)]
+    ("begin", "end", "chunk", "n_workers"), [(32, 10_000, 256, 2), (0, 17, 16, 3), (5, 6, 16, 4)]
 )
 def test_chunks_tile_the_range_and_shrink_towards_the_end(
     begin: int, end: int, chunk: int, n_workers: int
@@ -29,6 +29,16 @@ def test_chunks_tile_the_range_and_shrink_towards_the_end(
     assert counts == sorted(counts, reverse=True)
     if end - begin > 8 * n_workers * chunk:
         assert counts[0] == chunk and counts[-2] == workers.MIN_CHUNK
+
+
+@pytest.mark.parametrize(("begin", "end", "chunk"), [(0, 1_000, 64), (7, 71, 16), (3, 4, 16)])
+def test_one_worker_keeps_its_chunks_whole(begin: int, end: int, chunk: int) -> None:
+    """Shrinking only helps several workers finish together: one worker's chunks keep their
+    size, and the last takes the remainder."""
+    chunks = workers.chunk_plan(begin, end, chunk, 1)
+    assert list(chunks) == list(range(begin, end, chunk))
+    assert sum(chunks.values()) == end - begin
+    assert all(count == chunk for count in list(chunks.values())[:-1])
 
 
 def pid_and_squares(start: int, count: int) -> tuple[int, list[int]]:
