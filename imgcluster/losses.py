@@ -47,12 +47,18 @@ def mask_own_keys_(mem_logits: Tensor, key_ids: Tensor, idx: Tensor) -> Tensor:
     entry does it without reading a value on the host.
     """
     with torch.no_grad():
-        if mem_logits.device.type == "cpu":
-            rows, banks, slots = _own_key_entries(key_ids, idx)
-            mem_logits[banks, slots, rows] = float("-inf")
-            return mem_logits
-        own = key_ids[:, :, None] == idx[None, None, :]
-        return mem_logits.masked_fill_(own, float("-inf"))
+        if mem_logits.device.type != "cpu":
+            return _mask_every_entry_(mem_logits, key_ids, idx)
+        rows, banks, slots = _own_key_entries(key_ids, idx)
+        mem_logits[banks, slots, rows] = float("-inf")
+        return mem_logits
+
+
+def _mask_every_entry_(mem_logits: Tensor, key_ids: Tensor, idx: Tensor) -> Tensor:
+    """:func:`mask_own_keys_` by comparing every one of the C×B×n entries with its image (the
+    GPU's way: one pass, no value read on the host)."""
+    own = key_ids[:, :, None] == idx[None, None, :]
+    return mem_logits.masked_fill_(own, float("-inf"))
 
 
 def _own_key_entries(key_ids: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:

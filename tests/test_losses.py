@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from imgcluster.losses import (
     UNSHIFTED_MIN_TEMPERATURE,
+    _mask_every_entry_,
     bank_logsumexp,
     cluster_discrimination_loss,
     cross_cluster_id_loss,
@@ -139,23 +140,18 @@ def test_own_keys_are_masked_and_only_them():
     assert not torch.isinf(masked[..., 2]).any()
 
 
-def _mask_every_entry(c: int, b: int, key_ids: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """The own-key mask by comparing every entry with every batch image (C×B×n)."""
-    own = key_ids[:, :, None] == idx[None, None, :]
-    return torch.zeros(c, b, len(idx)).masked_fill(own, float("-inf"))
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_own_key_lookup_equals_comparing_every_entry(seed: int) -> None:
-    """The CPU's sorted lookup masks exactly the entries that comparing each of them with every
-    batch image finds, also when the batch holds an image twice and slots are empty (−1)."""
+    """The CPU's sorted lookup masks exactly the entries that the GPU's comparison of each of
+    them with every batch image finds, also when the batch holds an image twice and slots are
+    empty (−1)."""
     gen = torch.Generator().manual_seed(seed)
     c, b, n = 5, 40, 16
     key_ids = torch.randint(-1, 60, (c, b), generator=gen)
     idx = torch.randint(0, 60, (n,), generator=gen)
     idx[1] = idx[0]  # a duplicate
     got = mask_own_keys_(torch.zeros(c, b, n), key_ids, idx)
-    want = _mask_every_entry(c, b, key_ids, idx)
+    want = _mask_every_entry_(torch.zeros(c, b, n), key_ids, idx)
     assert torch.isinf(want).any()
     assert torch.equal(got, want)
     assert mask_own_keys_(torch.zeros(c, b, 0), key_ids, idx[:0]).shape == (c, b, 0)
