@@ -195,7 +195,10 @@ def sync_sites(trainer: Trainer, steps: int = 3) -> dict[str, object]:
 
 
 def timed(
-    fn: Callable[[int], object], steps: int, device: torch.device, kernel: list | None = None
+    fn: Callable[[int], object],
+    steps: int,
+    device: torch.device,
+    kernel: list[tuple[float, float]] | None = None,
 ) -> float:
     """Wall seconds of ``fn(steps)``; appends (page faults, kernel CPU ms) per step to
     ``kernel``."""
@@ -227,7 +230,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         warmup = {name: timed(fn, args.warmup, device) for name, fn in blocks.items()}
         syncs = sync_sites(trainer) if args.sync_check and device.type == "cuda" else {}
         rates: dict[str, list[float]] = {"trainer": [], "bare": [], "run_epoch": []}
-        kernel: dict[str, list] = {"trainer": [], "bare": []}
+        kernel: dict[str, list[tuple[float, float]]] = {"trainer": [], "bare": []}
         for _ in range(args.rounds):
             for name, fn in blocks.items():
                 seconds = timed(fn, args.steps, device, kernel[name])
