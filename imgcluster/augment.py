@@ -37,6 +37,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -50,7 +51,12 @@ __all__ = [
     "preprocess",
     "augment",
     "compiled_augment",
+    "AUGMENTATIONS",
+    "choose_augmentation",
+    "is_greyscale",
 ]
+
+GREYSCALE_MIN_SCALE = 0.7
 
 MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -81,6 +87,39 @@ class AugmentParams:
     saturation: float = 0.4
     hue: float = 0.1  # shift ~ U[-hue, hue], in turns of the colour wheel
     grayscale_p: float = 0.2
+
+
+# The views for each kind of image (``fit --augment``; "auto" picks one from the images, see
+# :func:`choose_augmentation`). On images with one channel, saturation, hue and grayscale do
+# nothing, so what sets "greyscale" apart is what measured better on greyscale sets
+# (docs/benchmarks.md, "Quality experiments"): no horizontal flip, which turns handwriting into
+# other shapes (2/5, b/d), and milder crops, since without colour the crop is the only strong
+# augmentation left and small glyphs do not survive a crop of a fifth of their area.
+AUGMENTATIONS: dict[str, AugmentParams] = {
+    "colour": AugmentParams(),  # MoCo v2 without blur: the paper's
+    "greyscale": AugmentParams(
+        scale=(GREYSCALE_MIN_SCALE, 1.0), flip_p=0.0, saturation=0.0, hue=0.0, grayscale_p=0.0
+    ),
+}
+
+
+def is_greyscale(images: np.ndarray, sample: int = 512) -> bool:
+    """Whether the images (uint8 N×3×S×S, e.g. the decode cache) all have R = G = B, judged on
+    an evenly spaced sample of them."""
+    picks = np.unique(np.linspace(0, len(images) - 1, min(sample, len(images))).astype(int))
+    x = np.asarray(images[picks])
+    return bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all())
+
+
+def choose_augmentation(name: str, images: np.ndarray) -> str:
+    """The augmentation a run uses: ``name``, or for "auto" "greyscale" when every sampled image
+    is grey and "colour" otherwise. Raises ValueError for an unknown name."""
+    if name == "auto":
+        return "greyscale" if is_greyscale(images) else "colour"
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; expected auto or one of "
+                         f"{', '.join(AUGMENTATIONS)}")  # fmt: skip
+    return name
 
 
 def to_float(x: Tensor) -> Tensor:

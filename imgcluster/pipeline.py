@@ -24,9 +24,11 @@ import torch
 from imgcluster import __version__
 from imgcluster import rundir as rd
 from imgcluster.allocator import release_free_memory, retain_freed_memory
+from imgcluster.augment import AUGMENTATIONS, choose_augmentation
 from imgcluster.cache import ImageCache, build_cache, cache_dir_default, default_image_size
-from imgcluster.config import RunConfig
+from imgcluster.config import RunConfig, auto_batch_size
 from imgcluster.device import DeviceImages, compile_pays, resolve_device, use_fast_kernels
+from imgcluster.diagnostics import epoch_diagnostics
 from imgcluster.distributed import (
     World,
     broadcast_,
@@ -38,7 +40,7 @@ from imgcluster.distributed import (
     process_group,
 )
 from imgcluster.kmeans import kmeans
-from imgcluster.metrics import score
+from imgcluster.metrics import cluster_accuracy
 from imgcluster.scan import scan_folder
 from imgcluster.schedule import epochs_for_budget, steps_per_epoch, total_steps_for
 from imgcluster.scl import CLUSTERING, SCL
@@ -155,7 +157,38 @@ def load_images(cfg: RunConfig, out: Path, callback: Callback) -> Loaded:
         raise rd.RunError(f"cannot write the decode cache {where}: {e.strerror or e}") from e
     cache.skipped = sorted(scan.skipped + cache.skipped)
     check_enough_images(len(cache.paths), cfg.scl.k, root)
-    return cfg.replace(data={"image_size": size}), cache, None
+    truth = None
+    if cfg.data.labels:
+        truth = known_classes(cache.paths, Path(cfg.data.labels), root)
+        if current_world().is_main:
+            rd.write_labels(out / rd.LABELS, cache.paths, truth.tolist())
+    return cfg.replace(data={"image_size": size}), cache, truth
+
+
+def known_classes(paths: list[str], labels: Path, root: Path) -> np.ndarray:
+    """The class of every image from a labels file (``fit --labels``), read only to score each
+    epoch (imgcluster.diagnostics); every image must have one."""
+    from imgcluster.labelfile import read_labels
+    from imgcluster.scoring import match
+
+    matched = match((paths, np.zeros(len(paths), dtype=np.int64)), read_labels(labels), root)
+    if matched.only_in_assignments:
+        missing = matched.only_in_assignments
+        raise rd.RunError(
+            f"{labels} has no label for {len(missing)} of the {len(paths)} images "
+            f"(e.g. {missing[0]}): --labels must cover every image"
+        )
+    order = {p: i for i, p in enumerate(matched.paths)}
+    return np.asarray([str(matched.classes[order[p]]) for p in paths])
+
+
+def fitted_to_images(cfg: RunConfig, images: np.ndarray) -> RunConfig:
+    """The settings chosen from the images, filled in: the augmentation ("auto": greyscale or
+    colour views) and the batch size (None: from the number of images). ValueError for an
+    unknown augmentation name."""
+    views = choose_augmentation(cfg.data.augment, images)
+    batch = cfg.optim.batch_size or auto_batch_size(len(images))
+    return cfg.replace(data={"augment": views}, optim={"batch_size": batch})
 
 
 def check_enough_images(n: int, k: int, root: Path) -> None:
@@ -230,6 +263,7 @@ class Trainer:
         world: World = World(),
         truth: np.ndarray | None = None,
     ) -> None:
+        cfg = fitted_to_images(cfg, cache.images)  # fit has done it; a library caller may not
         self.cfg, self.device, self.world, self.truth = cfg, device, world, truth
         use_fast_kernels(device)
         retain_freed_memory()  # each step's tensors reuse the last step's pages
@@ -246,7 +280,8 @@ class Trainer:
         self.model.to(device, memory_format=MEMORY_FORMAT)
         self.optimizer = make_optimizer(self.model, cfg)
         compiled = cfg.optim.compile if cfg.optim.compile is not None else compile_pays(device)
-        self.kernels = (StepKernels.compiled if compiled else StepKernels.eager)(self.model)
+        views = AUGMENTATIONS[cfg.data.augment]
+        self.kernels = (StepKernels.compiled if compiled else StepKernels.eager)(self.model, views)
         self.replica = Replica.wrap(self.model, world, device) if world.distributed else None
         self.order_gen = torch.Generator().manual_seed(cfg.optim.seed + 1)  # same on every rank
         # Each rank augments with its own stream; rank 0's is the single-process one.
@@ -320,27 +355,40 @@ class Trainer:
         started = time.perf_counter()
         last = self.epoch + 1 == self.epochs_total
         task_stats: dict[str, Any] = {}
-        if self.model.tasks or last:
+        diagnosed: dict[str, Any] = {}
+        if self.model.tasks or last or self.truth is not None:
             callback(Progress("labels", 0, 1))
-            self.last_predictions = self.predict()
+            self.last_predictions = self.predict(memory=self.truth is not None)
             task_stats = self.update_labels(cfg.optim.seed + self.epoch)
+            if self.world.is_main:
+                diagnosed = self.diagnose(self.last_predictions)
         self.epoch += 1
         record = history_record(self.epoch, stats, task_stats, time.perf_counter() - started)
-        return {**record, **self.scores()}
+        return {**record, **diagnosed}
 
-    def scores(self) -> dict[str, float]:
-        """ACC, NMI and ARI of the clustering head's argmax on the last predictions, when the
-        classes are known; else nothing."""
-        preds = self.last_predictions
-        if self.truth is None or preds is None or CLUSTERING not in preds.probs:
-            return {}
-        s = score(preds.probs[CLUSTERING].argmax(axis=1), self.truth)
-        return {"acc": s.acc, "nmi": s.nmi, "ari": s.ari}
+    def diagnose(self, preds: Predictions) -> dict[str, Any]:
+        """The epoch's diagnostics (imgcluster.diagnostics): label-free ones always, scores of
+        each output against the classes when they are known, and of the updated pseudo labels."""
+        pseudo = None
+        if self.truth is not None and CLUSTERING in self.model.tasks:
+            pseudo = cluster_accuracy(self.model.task(CLUSTERING).labels.numpy(), self.truth)
+        record = epoch_diagnostics(
+            preds.features,
+            preds.probs.get(CLUSTERING),
+            preds.memory_probs.get(CLUSTERING),
+            self.truth,
+            self.cfg.scl.k,
+            self.cfg.optim.seed,
+        )
+        return record if pseudo is None else {**record, "pseudo_label_acc": pseudo}
 
-    def predict(self) -> Predictions:
-        """All N images through the final model; under DDP each rank predicts a share."""
+    def predict(self, memory: bool = False) -> Predictions:
+        """All N images through the final model; under DDP each rank predicts a share.
+        ``memory``: also the memory's p̃ (Eq. 3), for the diagnostics."""
         temperature = self.cfg.scl.temperature
-        return predict_all(self.model, self.images, temperature, self.world, self.predict_batch)
+        return predict_all(
+            self.model, self.images, temperature, self.world, self.predict_batch, memory
+        )
 
     def update_labels(self, seed: int) -> dict[str, Any]:
         """Eq. 5 with merge-and-split on the gathered predictions: on rank 0 only, its labels and
@@ -456,6 +504,10 @@ def _fit_rank(
     config = config.replace(model={"backbone": resolve_backbone(config.model.backbone, device)})
     loaded = config
     config, cache, truth = main_first(lambda: load_images(loaded, out, callback))  # one decode
+    try:
+        config = fitted_to_images(config, cache.images)
+    except ValueError as e:
+        raise rd.RunError(str(e)) from e
     if len(cache.paths) < 2 * world.world_size:  # a batch of at least 2 on every rank
         raise rd.RunError(f"{len(cache.paths)} images cannot feed {world.world_size} processes")
     if world.is_main:

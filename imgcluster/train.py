@@ -17,6 +17,7 @@ and gathers all N predictions.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from imgcluster.augment import augment, compiled_augment, preprocess
+from imgcluster.augment import AugmentParams, augment, compiled_augment, preprocess
 from imgcluster.config import RunConfig
 from imgcluster.device import DeviceImages, autocast
 from imgcluster.distributed import KeyShuffle, World, all_gather_rows, average_
@@ -55,11 +56,11 @@ class StepKernels:
     loss_terms: Callable[..., LossTerms]
 
     @classmethod
-    def eager(cls, model: SCL) -> StepKernels:
-        return cls(augment, model.loss_terms)
+    def eager(cls, model: SCL, params: AugmentParams = AugmentParams()) -> StepKernels:
+        return cls(functools.partial(augment, params=params), model.loss_terms)
 
     @classmethod
-    def compiled(cls, model: SCL) -> StepKernels:
+    def compiled(cls, model: SCL, params: AugmentParams = AugmentParams()) -> StepKernels:
         """Compiled on first use (tens of seconds); the same results up to float rounding.
 
         If compiling fails (no C++ compiler for a CPU, a GPU Triton cannot target), torch
@@ -68,7 +69,7 @@ class StepKernels:
         import torch._dynamo
 
         torch._dynamo.config.suppress_errors = True
-        return cls(compiled_augment(), torch.compile(model.loss_terms, dynamic=False))
+        return cls(compiled_augment(params), torch.compile(model.loss_terms, dynamic=False))
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Predictions:
 
     features: np.ndarray  # N×d, l2-normalised
     probs: dict[str, np.ndarray]  # task → N×C, the classifier's softmax (Eq. 4's p)
-    memory_probs: dict[str, np.ndarray]  # task → N×C, the memory's p̃ (Eq. 3); ablation only
+    memory_probs: dict[str, np.ndarray]  # task → N×C, the memory's p̃ (Eq. 3), when asked for
 
 
 class _Trainable(nn.Module):
@@ -187,12 +188,13 @@ def predict(
     temperature: float,
     indices: Tensor | None = None,
     batch_size: int = PREDICT_BATCH,
+    memory: bool = False,
 ) -> Predictions:
     """Encoder (eval mode) and every head on a non-augmented view of all N images (or of
     ``indices``, in their order).
 
-    The memory's p̃ over all N is computed only for the "without online CD" ablation, the one
-    label update that reads it.
+    The memory's p̃ over all N is computed for the "without online CD" ablation, the one label
+    update that reads it, and when ``memory`` is set (the diagnostics of a labelled run).
     """
     was_training = model.training
     model.eval()
@@ -205,7 +207,7 @@ def predict(
         feats.append(q.cpu())
         for name, task in model.tasks.items():
             probs[name].append(torch.softmax(task.head(q).float(), dim=1).cpu())
-            if not model.cfg.online_cd:
+            if memory or not model.cfg.online_cd:
                 p_mem = task.soft_assignment(q, idx.to(q.device), temperature)
                 mem_probs[name].append(p_mem.cpu())
     model.train(was_training)
@@ -220,13 +222,14 @@ def predict_all(
     temperature: float,
     world: World = World(),
     batch_size: int = PREDICT_BATCH,
+    memory: bool = False,
 ) -> Predictions:
     """:func:`predict` of all N images; under DDP each rank predicts a contiguous share and the
     shares are gathered, so every rank holds all N predictions in order."""
     if not world.distributed:
-        return predict(model, images, temperature, batch_size=batch_size)
+        return predict(model, images, temperature, batch_size=batch_size, memory=memory)
     shares = torch.arange(len(images)).tensor_split(world.world_size)
-    part = predict(model, images, temperature, shares[world.rank], batch_size)
+    part = predict(model, images, temperature, shares[world.rank], batch_size, memory)
     sizes = [len(s) for s in shares]
 
     def gather(a: np.ndarray) -> np.ndarray:

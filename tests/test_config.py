@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from imgcluster.config import RunConfig, under_clustering_k
+from imgcluster.config import RunConfig, auto_batch_size, under_clustering_k, with_preset
 
 
 def test_round_trip_through_json():
@@ -21,11 +21,26 @@ def test_unknown_keys_are_ignored():
     assert RunConfig.from_dict(d) == RunConfig()
 
 
-def test_paper_defaults():
-    cfg = RunConfig()
+def test_paper_preset_gives_the_papers_settings():
+    cfg = with_preset(RunConfig(), "paper")
     assert (cfg.scl.momentum, cfg.scl.memory_size, cfg.scl.temperature) == (0.9, 4096, 0.1)
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.batch_size) == (0.03, 5e-4, 256)
-    assert cfg.optim.epochs == 200
+    assert (cfg.optim.epochs, cfg.model.backbone, cfg.data.augment) == (200, "resnet34", "colour")
+    with pytest.raises(ValueError, match="preset"):
+        with_preset(RunConfig(), "fast")
+
+
+def test_defaults_differ_from_the_paper_where_measured_better():
+    cfg = RunConfig()
+    assert cfg.scl.momentum == 0.99
+    assert cfg.optim.batch_size is None and cfg.data.augment == "auto"
+
+
+@pytest.mark.parametrize(
+    ("images", "batch"), [(100, 32), (200, 32), (1797, 56), (8192, 256), (60000, 256)]
+)
+def test_auto_batch_size_keeps_32_steps_an_epoch_between_32_and_256(images, batch):
+    assert auto_batch_size(images) == batch
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import torch
 
 import imgcluster.pipeline as pipeline
 import imgcluster.train as train
+from imgcluster.augment import AUGMENTATIONS, augment
 from imgcluster.cache import ImageCache
 from imgcluster.config import RunConfig
 from imgcluster.device import (
@@ -56,7 +57,10 @@ def test_compile_is_on_by_default_only_on_a_gpu() -> None:
     assert not compile_pays(torch.device("cpu"))
     trainer = pipeline.Trainer(tiny_config(), random_cache(), torch.device("cpu"))
     assert trainer.cfg.optim.compile is None
-    assert trainer.kernels == train.StepKernels.eager(trainer.model)
+    eager = train.StepKernels.eager(trainer.model, AUGMENTATIONS["colour"])
+    assert trainer.kernels.loss_terms == eager.loss_terms  # not compiled
+    assert trainer.kernels.augment.func is eager.augment.func is augment
+    assert trainer.kernels.augment.keywords == {"params": AUGMENTATIONS["colour"]}
 
 
 def test_the_trainer_keeps_freed_memory_and_predicts_in_training_batches(

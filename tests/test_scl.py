@@ -73,7 +73,8 @@ def test_train_step_updates_memories_queue_and_momentum_encoder():
     assert not torch.equal(before[name], after[name])
     # θ̃ moved by (1 − m)(θ_new − θ̃_old): the momentum copy starts equal to θ
     online = after[name.replace("momentum_encoder.", "encoder.")]
-    torch.testing.assert_close(after[name], 0.9 * before[name] + 0.1 * online)
+    m = cfg.scl.momentum
+    torch.testing.assert_close(after[name], m * before[name] + (1 - m) * online)
 
 
 def test_same_seed_same_step_on_cpu():
