@@ -39,6 +39,7 @@ OPTION_FIELDS: dict[str, tuple[str, str]] = {
     "cross_cluster": ("scl", "cross_cluster"),
     "online_cd": ("scl", "online_cd"),
     "hard_mining": ("scl", "hard_mining"),
+    "balance": ("scl", "balance"),
     "backbone": ("model", "backbone"),
     "image_size": ("data", "image_size"),
     "workers": ("data", "workers"),
@@ -158,6 +159,11 @@ def fit(
     no_hard_mining: bool = typer.Option(
         False, "--no-hard-mining", help="Ablation: plain mean of L_ID (no Eq. 6 weights)."
     ),
+    balance: int | None = typer.Option(
+        None,
+        help="Label update: Sinkhorn iterations towards equal cluster sizes \\[default: 3; "
+        "0 = plain argmax, the paper's].",
+    ),
     workers: int | None = typer.Option(
         None, help="Decoders: this process and N-1 worker processes \\[default: all cores]."
     ),
@@ -222,6 +228,7 @@ def fit(
         "compile": compile_step,
         "labels": str(labels.resolve()) if labels is not None else None,
         "augment": augment,
+        "balance": balance,
     }  # fmt: skip
     if source is None and not resume:
         fail("give the folder of images to cluster: imgcluster fit ./photos --k 10")

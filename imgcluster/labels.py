@@ -81,14 +81,33 @@ def merge_and_split(
     return labels
 
 
+def balanced(probs: np.ndarray, iterations: int = 3) -> np.ndarray:
+    """Sinkhorn-Knopp towards equal cluster sizes (SeLa, Asano et al. ICLR 2020; SwAV).
+
+    Alternately rescales the columns of the N×C probabilities to equal mass N/C and the rows to
+    one, ``iterations`` times: a cluster that the argmax would over-fill loses its least sure
+    images to their next likeliest cluster. Returns N×C rows that sum to one.
+    """
+    q = np.asarray(probs, dtype=np.float64) + 1e-12
+    q /= q.sum()
+    n, c = q.shape
+    for _ in range(iterations):
+        q /= q.sum(axis=0, keepdims=True) * c
+        q /= q.sum(axis=1, keepdims=True) * n
+    return q * n
+
+
 def update_labels(
-    probs: np.ndarray, features: np.ndarray, min_size: int, seed: int = 0
+    probs: np.ndarray, features: np.ndarray, min_size: int, seed: int = 0, balance: int = 0
 ) -> np.ndarray:
     """Eq. 5 then merge-and-split: y_i = argmax_j p_ij, repaired so every cluster is legal.
 
     probs: N×C (classifier, or the memory's p̃ for the "without online CD" ablation);
-    features: N×d → labels N int64.
+    features: N×d → labels N int64. ``balance``: Sinkhorn iterations towards equal sizes
+    applied to the probabilities first (:func:`balanced`; 0: none, the paper's).
     """
+    if balance:
+        probs = balanced(probs, balance)
     return merge_and_split(probs.argmax(axis=1).astype(np.int64), probs, features, min_size, seed)
 
 
