@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +13,18 @@ import torchvision.transforms.v2 as tv
 import torchvision.transforms.v2.functional as TF
 
 from imgcluster import augment as A
-from imgcluster.augment import MEAN, STD, AugmentParams, augment, normalize, preprocess, to_float
+from imgcluster.augment import (
+    AUGMENTATIONS,
+    MEAN,
+    STD,
+    AugmentParams,
+    augment,
+    choose_augmentation,
+    is_greyscale,
+    normalize,
+    preprocess,
+    to_float,
+)
 
 IDENTITY = AugmentParams(
     scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0
@@ -328,3 +341,28 @@ def test_default_probabilities() -> None:
     factors = plan.blend[:, 0][plan.blend[:, 0] != 1]
     assert factors.min().item() >= 0.6 and factors.max().item() <= 1.4
     assert math.isclose(factors.mean().item(), 1.0, abs_tol=0.01)
+
+
+def test_the_augmentation_is_chosen_from_the_images():
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 256, size=(20, 1, 8, 8), dtype=np.uint8), 3, axis=1)
+    colour = grey.copy()
+    colour[7, 0, 3, 3] ^= 1  # one colour pixel in one image of the sample
+    assert is_greyscale(grey) and not is_greyscale(colour)
+    assert choose_augmentation("auto", grey) == "greyscale"
+    assert choose_augmentation("auto", colour) == "colour"
+    assert choose_augmentation("colour", grey) == "colour"  # the user's choice stands
+    with pytest.raises(ValueError, match="unknown augmentation 'sepia'"):
+        choose_augmentation("sepia", grey)
+
+
+def test_greyscale_views_are_never_mirrored():
+    """With the greyscale views' crop and no jitter, a left-bright image stays left-bright."""
+    image = torch.zeros(64, 3, 16, 16, dtype=torch.uint8)
+    image[..., :5] = 255  # a bright band on the left edge
+    params = replace(AUGMENTATIONS["greyscale"], jitter_p=0.0)
+    views = augment(image, torch.Generator().manual_seed(0), params)
+    left, right = views[..., :8].mean(dim=(1, 2, 3)), views[..., 8:].mean(dim=(1, 2, 3))
+    assert (left > right).all()
+    mirrored = augment(image, torch.Generator().manual_seed(0), replace(params, flip_p=1.0))
+    assert (mirrored[..., :8].mean(dim=(1, 2, 3)) < mirrored[..., 8:].mean(dim=(1, 2, 3))).all()

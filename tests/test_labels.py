@@ -10,6 +10,7 @@ import torch
 
 from imgcluster.labels import (
     align_ids,
+    balanced,
     hard_sample_weights,
     merge_and_split,
     merge_small_clusters,
@@ -105,3 +106,38 @@ def test_align_ids_handles_missing_clusters():
     aligned = align_ids(new, old, 4)
     assert aligned[4] == aligned[5] == 2
     assert aligned[0] == aligned[1] == aligned[2] == aligned[3] in (0, 1)
+
+
+def test_balanced_rows_sum_to_one_and_columns_approach_equal_mass():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(300, 5))
+    logits[:, 0] += 3.0  # the argmax would put most images in cluster 0
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    for iterations in (1, 3, 50):
+        q = balanced(probs, iterations)
+        np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-9)
+    # Converged, every column holds N/C of the mass (Sinkhorn-Knopp's fixed point).
+    np.testing.assert_allclose(balanced(probs, 200).sum(axis=0), 60.0, rtol=1e-3)
+    before = np.bincount(probs.argmax(1), minlength=5)
+    after = np.bincount(balanced(probs, 3).argmax(1), minlength=5)
+    assert before.max() > 200 and after.max() < before.max() and after.min() > before.min()
+
+
+def test_balanced_leaves_balanced_probabilities_alone():
+    """A doubly stochastic input (rows sum to 1, columns to N/C) is Sinkhorn's fixed point."""
+    probs = np.tile(np.eye(4) * 0.6 + 0.1, (25, 1))  # 100×4, each column sums to 25
+    np.testing.assert_allclose(balanced(probs, 3), probs, atol=1e-9)
+
+
+def test_update_labels_with_balance_fills_an_overfull_cluster_less():
+    x, y = blobs(50, 4)
+    probs = np.full((200, 4), 0.05)
+    probs[np.arange(200), y] = 0.5
+    strays = np.flatnonzero(y == 1)[:30]
+    probs[strays, 0] = 0.6  # the head puts 30 of blob 1 into cluster 0 (0.6 against 0.5)
+    probs /= probs.sum(1, keepdims=True)
+    plain = update_labels(probs, x, min_size=5, seed=0)
+    even = update_labels(probs, x, min_size=5, seed=0, balance=3)
+    assert np.bincount(plain, minlength=4).tolist() == [80, 20, 50, 50]  # no cluster too small
+    assert np.bincount(even, minlength=4).tolist() == [50, 50, 50, 50]
+    assert (even == y).all()

@@ -112,3 +112,44 @@ def test_malicious_checkpoint_is_refused_and_never_runs(tiny: Path, tmp_path: Pa
     with pytest.raises(RunError, match="refusing"):
         fit(config(tiny, epochs=2), run, resume=True)
     assert not marker.exists()
+
+
+def write_class_labels(folder: Path) -> Path:
+    """labels.csv of a ``<class>/<image>`` folder, each image's class its folder's name."""
+    rows = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+    file = folder.parent / f"{folder.name}-labels.csv"
+    file.write_text("path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rows))
+    return file
+
+
+def test_labels_score_every_epoch_and_never_change_the_run(tiny: Path, tmp_path: Path):
+    """--labels adds the diagnostics to every history line and leaves training as it was."""
+    labels = write_class_labels(tiny)
+    scored = fit(config(tiny, seed=1).replace(data={"labels": str(labels)}), tmp_path / "a")
+    plain = fit(config(tiny, seed=1), tmp_path / "b")
+    assert np.array_equal(scored.clusters, plain.clusters)
+    for record in scored.history:
+        for key in ("acc", "nmi", "memory_acc", "kmeans_acc", "knn_agreement",
+                    "pseudo_label_acc", "feature_spread", "largest_cluster_ratio"):  # fmt: skip
+            assert 0.0 <= record[key] <= 10.0, key
+    assert "acc" not in plain.history[-1] and "feature_spread" in plain.history[-1]
+    kept = (tmp_path / "a" / "labels.csv").read_text().splitlines()
+    assert kept[0] == "path,label" and len(kept) == 1 + 10 * PER_CLASS
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["data"]["augment"] == "colour" and saved["optim"]["batch_size"] == 25
+
+
+def test_labels_must_cover_every_image(tiny: Path, tmp_path: Path):
+    labels = write_class_labels(tiny)
+    labels.write_text("\n".join(labels.read_text().splitlines()[:-3]) + "\n")
+    with pytest.raises(RunError, match="no label for 3 of the 100 images"):
+        fit(config(tiny).replace(data={"labels": str(labels)}), tmp_path / "r")
+
+
+def test_chosen_settings_are_recorded(tiny: Path, tmp_path: Path):
+    """No batch size given: chosen from the 100 images (32); the colour images get the colour
+    views; both written into config.json."""
+    cfg = config(tiny).replace(optim={"batch_size": None})
+    fit(cfg, tmp_path / "r")
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (saved["data"]["augment"], saved["optim"]["batch_size"]) == ("colour", 32)
