@@ -186,7 +186,8 @@ def fit(
         None,
         "--preset",
         help="paper: the paper's settings (ResNet-34, momentum 0.9, batch 256, lr 0.03, 200 "
-        "epochs, colour views), to reproduce its Table 1; your other options still apply.",
+        "epochs, colour views, no balancing), to reproduce its Table 1; your other options "
+        "still apply.",
     ),
     augment: str | None = typer.Option(
         None,
@@ -197,7 +198,7 @@ def fit(
         None,
         "--labels",
         help="labels.csv (path,label) of every image, read only to score each epoch in "
-        "history.jsonl and the report; never used for training.",
+        "history.jsonl; never used for training.",
     ),
     no_report: bool = typer.Option(
         False,

@@ -170,7 +170,7 @@ class RunConfig:
 
 
 # Named sets of settings (``fit --preset``), applied before the user's own options.
-# "paper": Huang & Gong's settings (SCL.md, "Implementation settings"), for reproducing Table 1;
+# "paper": Huang & Gong's settings (docs/method.md), for reproducing their Table 1;
 # the defaults are instead the settings that measured best within a user's time budget.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {

@@ -371,7 +371,8 @@ class Trainer:
         each output against the classes when they are known, and of the updated pseudo labels."""
         pseudo = None
         if self.truth is not None and CLUSTERING in self.model.tasks:
-            pseudo = cluster_accuracy(self.model.task(CLUSTERING).labels.numpy(), self.truth)
+            labels = self.model.task(CLUSTERING).labels.cpu().numpy()  # on the device
+            pseudo = cluster_accuracy(labels, self.truth)
         record = epoch_diagnostics(
             preds.features,
             preds.probs.get(CLUSTERING),
