@@ -40,6 +40,7 @@ OPTION_FIELDS: dict[str, tuple[str, str]] = {
     "online_cd": ("scl", "online_cd"),
     "hard_mining": ("scl", "hard_mining"),
     "balance": ("scl", "balance"),
+    "warmup": ("scl", "warmup"),
     "backbone": ("model", "backbone"),
     "image_size": ("data", "image_size"),
     "workers": ("data", "workers"),
@@ -182,6 +183,11 @@ def fit(
     download: bool = typer.Option(
         False, "--download", help="Fetch cifar10, cifar100-20 or stl10 into --data-root first."
     ),
+    warmup: float | None = typer.Option(
+        None,
+        help="Share of the epochs that train the features alone before the clusters start from "
+        "k-means on them \\[default: 0, the paper's].",
+    ),
     preset: str | None = typer.Option(
         None,
         "--preset",
@@ -230,6 +236,7 @@ def fit(
         "labels": str(labels.resolve()) if labels is not None else None,
         "augment": augment,
         "balance": balance,
+        "warmup": warmup,
     }  # fmt: skip
     if source is None and not resume:
         fail("give the folder of images to cluster: imgcluster fit ./photos --k 10")

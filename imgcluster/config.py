@@ -79,6 +79,10 @@ class SCLConfig:
     # Sinkhorn iterations towards equal cluster sizes in the label update (0: none, the
     # paper's). 3 measured better on balanced and on 9:1 imbalanced sets (docs/benchmarks.md).
     balance: int = 3
+    # Share of the epochs before the clusters start (ours): until then the pseudo labels stay
+    # as drawn and only the features learn; then k-means on the features gives the labels, the
+    # banks and the heads. 0: SCL from the first epoch, the paper's.
+    warmup: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,10 @@ class RunConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.scl.momentum}")
         if self.scl.memory_size < 2:
             raise ValueError(f"memory size must be at least 2, got {self.scl.memory_size}")
+        if not 0.0 <= self.scl.warmup < 1.0:
+            raise ValueError(
+                f"warmup must be a share of the epochs in [0, 1), got {self.scl.warmup}"
+            )
         if self.scl.balance < 0:
             raise ValueError(
                 f"balance must be 0 or more Sinkhorn iterations, got {self.scl.balance}"

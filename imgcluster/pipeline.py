@@ -191,6 +191,12 @@ def fitted_to_images(cfg: RunConfig, images: np.ndarray) -> RunConfig:
     return cfg.replace(data={"augment": views}, optim={"batch_size": batch})
 
 
+def start_labels(features: np.ndarray, num_clusters: int, seed: int) -> np.ndarray:
+    """k-means (faiss, 5 restarts, the lowest inertia kept) on the warmed-up features → N ids."""
+    labels, _ = kmeans(features, num_clusters, seed=seed, nredo=5)
+    return labels
+
+
 def check_enough_images(n: int, k: int, root: Path) -> None:
     if n < 2 * k:
         raise rd.RunError(
@@ -296,6 +302,7 @@ class Trainer:
         self.predict_batch = self.batch // world.world_size if cpu else PREDICT_BATCH
         self.digest = paths_digest(cache.paths)
         self.epoch, self.epochs_total = 0, cfg.optim.epochs
+        self.clusters_started = cfg.scl.warmup == 0  # no warm-up: SCL from the first epoch
         self.last_predictions: Predictions | None = None
 
     def state(self) -> dict[str, Any]:
@@ -313,6 +320,7 @@ class Trainer:
             "aug_gen": self.aug_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "world_size": self.world.world_size,
+            "clusters_started": self.clusters_started,
         }
         if self.world.distributed:
             state["aug_gen_ranks"] = gather_objects(self.aug_gen.get_state())
@@ -331,6 +339,7 @@ class Trainer:
             self.aug_gen.set_state(ranks[self.world.rank].to(self.aug_gen.get_state().device))
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.epochs_total = int(state["epoch"]), int(state["epochs_total"])
+        self.clusters_started = bool(state.get("clusters_started", True))
 
     def epoch_once(self, callback: Callback) -> dict[str, Any]:
         """Train one epoch, then update the labels; return the history record."""
@@ -356,10 +365,16 @@ class Trainer:
         last = self.epoch + 1 == self.epochs_total
         task_stats: dict[str, Any] = {}
         diagnosed: dict[str, Any] = {}
-        if self.model.tasks or last or self.truth is not None:
+        warming = bool(self.model.tasks) and not self.clusters_started
+        start_now = warming and self.epoch + 1 >= self.warmup_epochs()
+        if (self.model.tasks and not warming) or start_now or last or self.truth is not None:
             callback(Progress("labels", 0, 1))
             self.last_predictions = self.predict(memory=self.truth is not None)
-            task_stats = self.update_labels(cfg.optim.seed + self.epoch)
+            seed = cfg.optim.seed + self.epoch
+            if start_now:
+                task_stats = self.start_clusters(seed)
+            elif not warming:
+                task_stats = self.update_labels(seed)
             if self.world.is_main:
                 diagnosed = self.diagnose(self.last_predictions)
         self.epoch += 1
@@ -390,6 +405,33 @@ class Trainer:
         return predict_all(
             self.model, self.images, temperature, self.world, self.predict_batch, memory
         )
+
+    def warmup_epochs(self) -> int:
+        """Epochs before the clusters start from k-means (``SCLConfig.warmup`` of the run; the
+        last epoch is never one of them). Until then the pseudo labels stay as drawn."""
+        return min(round(self.cfg.scl.warmup * self.epochs_total), self.epochs_total - 1)
+
+    def start_clusters(self, seed: int) -> dict[str, Any]:
+        """End of the warm-up: every task's labels from k-means on the features (rank 0's,
+        broadcast), its banks and head started from them (:meth:`ClusteringTask.start_from`)."""
+        preds = self.last_predictions
+        assert preds is not None
+        features = torch.from_numpy(preds.features).to(self.device)
+        stats: dict[str, Any] = {}
+        for name, task in self.model.tasks.items():
+            old = task.labels.cpu().numpy().copy()
+            new = torch.from_numpy(start_labels(preds.features, task.num_clusters, seed))
+            new = new.to(task.labels.device)
+            if self.world.distributed:
+                broadcast_(new)
+            task.start_from(new, features, self.cfg.scl.temperature)
+            for param in task.head.parameters():  # its SGD momentum led to the old head
+                self.optimizer.state.pop(param, None)
+            sizes = torch.bincount(new.cpu(), minlength=task.num_clusters)
+            flips = int((torch.from_numpy(old) != new.cpu()).sum())
+            stats[name] = {"cluster_sizes": sizes.tolist(), "label_flips": flips}
+        self.clusters_started = True
+        return stats
 
     def update_labels(self, seed: int) -> dict[str, Any]:
         """Eq. 5 with merge-and-split on the gathered predictions: on rank 0 only, its labels and

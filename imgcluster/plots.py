@@ -123,6 +123,36 @@ def training_curves(history: Sequence[dict[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
+# The diagnostics of a labelled run (imgcluster.diagnostics), in plain words.
+_SCORES = (
+    ("acc", "clusters (the model's answer)", "#2c3e50"),
+    ("memory_acc", "memory's assignment", "#8e44ad"),
+    ("kmeans_acc", "k-means on the features", "#27ae60"),
+    ("knn_agreement", "20 nearest neighbours in the same class", "#e67e22"),
+)
+
+
+def label_scores(history: Sequence[dict[str, Any]]) -> bytes | None:
+    """Per epoch, how well each output of the model agrees with the known classes (ACC), and how
+    separable the features are (kNN agreement); None when the run had no labels."""
+    rows = [r for r in history if "acc" in r]
+    if not rows:
+        return None
+    epochs = [r["epoch"] for r in rows]
+    marker = {"marker": "o", "markersize": 3} if len(epochs) < 25 else {}
+    fig = _figure(6.4, 3.4)
+    ax = fig.add_subplot()
+    for key, label, color in _SCORES:
+        ax.plot(epochs, [r.get(key, np.nan) for r in rows], label=label, color=color, **marker)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("agreement with the labels")
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.set_title("agreement with the known classes", loc="left", fontsize=11)
+    _tidy(ax, integer_x=True)
+    return _png(fig)
+
+
 def label_sizes(history: Sequence[dict[str, Any]], colors: Sequence[str]) -> bytes | None:
     """Stacked areas: how many pseudo labels each cluster held after each epoch's update."""
     rows = [r["cluster_sizes"] for r in history if isinstance(r.get("cluster_sizes"), list)]

@@ -116,6 +116,7 @@ def _figures(data: _Run, folder: Path, colors: list[str], sample: int) -> dict[s
         "sizes.png": plots.cluster_sizes(sizes.tolist(), means, colors),
         "labels.png": plots.label_sizes(data.history, colors),
         "training.png": plots.training_curves(data.history),
+        "scores.png": plots.label_scores(data.history),
     }
     names = {}
     for name, png in drawn.items():
@@ -251,6 +252,9 @@ _CAPTIONS = {
     "labels": "How the pseudo labels spread over the clusters as training went on.",
     "training": "Losses and label changes per epoch (history.jsonl).",
     "confusion": "Clusters against the true classes (from imgcluster eval).",
+    "scores": "Per epoch, the share of images each output puts with its true class (ACC, "
+    "clusters matched to classes one to one), and the share of each image's 20 nearest "
+    "neighbours that share its class: a ceiling for any clustering of these features.",
 }
 
 
@@ -261,7 +265,7 @@ def _overview(figures: dict[str, str]) -> str:
     blocks = [
         f"<figure class='plot{layout.get(key, '')}'><img src='{_e(figures[key])}' alt='{key}'>"
         f"<figcaption>{_e(_CAPTIONS[key])}</figcaption></figure>"
-        for key in ("tsne", "sizes", "labels", "confusion", "training")
+        for key in ("tsne", "sizes", "labels", "confusion", "scores", "training")
         if key in figures
     ]
     return "<section class='overview'>" + "".join(blocks) + "</section>"

@@ -79,6 +79,21 @@ class ClusteringTask(nn.Module):
         l_cd = cluster_discrimination_loss(self.head(q.detach()), target)  # grad to W, B only
         return weighted_loss(per_sample, weights), l_cd
 
+    @torch.no_grad()
+    def start_from(self, labels: Tensor, features: Tensor, temperature: float) -> None:
+        """Start the clusters from a partition of warmed-up features (ours, hypothesis 4 of the
+        quality work): the pseudo labels become ``labels`` (N), each bank is filled with its
+        cluster's newest features (N×d, unit rows), and the head becomes the nearest-mean
+        classifier of those clusters, logits cos(q, c_j)/τ, so its argmax starts where the
+        labels are. Flip counts are left as they are."""
+        self.labels.copy_(labels)
+        ids = torch.arange(len(labels), device=labels.device)
+        self.memory.enqueue(features, labels, ids)
+        means = torch.zeros(self.num_clusters, features.shape[1], device=features.device)
+        means.index_add_(0, labels, features)
+        self.head.fc.weight.copy_(torch.nn.functional.normalize(means, dim=1) / temperature)
+        self.head.fc.bias.zero_()
+
     def soft_assignment(self, q: Tensor, idx: Tensor, temperature: float) -> Tensor:
         """Eq. 3 for the label update: p̃ of images idx (q: n×d) over this task's banks → n×C."""
         return memory_soft_assignment(self.bank_lse(q, idx, temperature))

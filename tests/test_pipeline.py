@@ -153,3 +153,17 @@ def test_chosen_settings_are_recorded(tiny: Path, tmp_path: Path):
     fit(cfg, tmp_path / "r")
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert (saved["data"]["augment"], saved["optim"]["batch_size"]) == ("colour", 32)
+
+
+def test_warmup_keeps_the_drawn_labels_then_starts_from_kmeans(tiny: Path, tmp_path: Path):
+    """--warmup 0.5 of 4 epochs: epoch 1 leaves the labels as drawn; epoch 2 ends with k-means
+    labels (every cluster used); epochs 3-4 update them as usual; a resume knows it started."""
+    import torch
+
+    cfg = config(tiny).replace(scl={"warmup": 0.5}, optim={"epochs": 4})
+    result = fit(cfg, tmp_path / "r")
+    flips = [record.get("label_flips") for record in result.history]
+    assert flips[0] is None and all(f is not None for f in flips[1:])
+    assert min(result.history[1]["cluster_sizes"]) > 0
+    state = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=False)
+    assert state["clusters_started"] is True

@@ -86,3 +86,21 @@ def test_report_without_the_images_still_opens(tiny_run: Path, tmp_path: Path):
     files = check_page(result.path)
     assert "tsne.png" not in files and any(f.endswith("_top.png") for f in files)
     assert result.notes and "t-SNE" in result.notes[0]
+
+
+def test_a_labelled_run_shows_its_scores_per_epoch(tiny_run: Path, tmp_path: Path):
+    """History lines with the diagnostics add the agreement plot; a run without has none."""
+    from imgcluster.reporting import report
+
+    assert "scores.png" not in check_page(tiny_run / "report" / "index.html")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("report"))
+    history = rundir.read_history(run / rundir.HISTORY)
+    for i, record in enumerate(history):
+        record.update(acc=0.3 + 0.1 * i, memory_acc=0.3, kmeans_acc=0.4, knn_agreement=0.6)
+    rundir.write_history(run / rundir.HISTORY, history)
+    page = report(run).path
+    assert "scores.png" in check_page(page)
+    assert "nearest neighbours" in page.read_text(encoding="utf-8")
+    with Image.open(run / "report" / "scores.png") as im:
+        assert im.size[0] > 400

@@ -104,3 +104,23 @@ def test_heads_learn_at_their_own_scaled_rate():
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     train_step(model, opt, images, torch.arange(8), 0.01, torch.Generator().manual_seed(0))
     assert encoder["lr"] == pytest.approx(0.01) and head_group["lr"] == pytest.approx(0.5)
+
+
+def test_start_from_a_partition_sets_labels_banks_and_a_nearest_mean_head():
+    torch.manual_seed(0)
+    cfg = RunConfig().replace(scl={"k": 3, "memory_size": 30})
+    model = SCL("small", 60, cfg.scl, 8)
+    task = model.task(CLUSTERING)
+    centres = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    labels = torch.arange(60) % 3
+    features = torch.nn.functional.normalize(centres[labels] + 0.05 * torch.randn(60, 8), dim=1)
+    task.start_from(labels, features, temperature=0.1)
+    assert torch.equal(task.labels, labels)
+    assert torch.equal(task.head(features).argmax(1), labels)  # nearest cluster mean
+    # Logits are cosines over τ: at most 1/τ, attained by a cluster's own mean direction.
+    assert task.head(centres).max() <= 10.0 + 1e-4
+    bank = task.memory.bank_size  # 30 // 2 = 15 keys: each bank holds its cluster's newest
+    for c in range(3):
+        ids = task.memory.ids[c]
+        assert (labels[ids] == c).all() and len(set(ids.tolist())) == bank
+        assert torch.allclose(task.memory.banks[c], features[ids])
