@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgcluster.scan import scan_folder
+from imgcluster.data.scan import scan_folder
 
 
 def bare_loop(root: Path, paths: list[str], size: int) -> float:
@@ -42,10 +42,10 @@ def export_untrained(folder: Path, size: int, k: int = 10) -> Path:
     """A small-backbone model with random weights, exported and checked like a real run's."""
     import torch
 
+    from imgcluster.assigning.onnx_model import ModelInfo
     from imgcluster.config import SCLConfig
     from imgcluster.export import InferenceGraph, compare, to_onnx
-    from imgcluster.onnxmodel import ModelInfo
-    from imgcluster.scl import CLUSTERING, SCL
+    from imgcluster.method.scl import CLUSTERING, SCL
 
     torch.manual_seed(0)
     scl = SCL("small", 2 * k, SCLConfig(k=k))
@@ -61,7 +61,7 @@ def export_untrained(folder: Path, size: int, k: int = 10) -> Path:
 
 
 def timed_assign(root: Path, model: Path, folder: Path, export: bool) -> float:
-    from imgcluster.assignment import assign
+    from imgcluster.assigning.assignment import assign
 
     fresh = time.perf_counter_ns()  # a new cache (nothing to reuse) and a new, empty OUT
     os.environ["IMGCLUSTER_CACHE_DIR"] = str(folder / f"cache-{fresh}")

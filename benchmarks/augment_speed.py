@@ -1,4 +1,4 @@
-"""Throughput of :func:`imgcluster.augment.augment` against a per-image torchvision loop.
+"""Throughput of :func:`imgcluster.method.augment.augment` against a per-image torchvision loop.
 
 Both sides turn the same random uint8 batch ``B×3×S×S`` into normalised float32 views with
 the MoCo v2 recipe without blur (RandomResizedCrop, flip, ColorJitter with p=0.8, grayscale);
@@ -22,10 +22,10 @@ import torch
 from torchvision.transforms import v2
 
 try:
-    from imgcluster.augment import MEAN, STD, AugmentParams, augment
+    from imgcluster.method.augment import MEAN, STD, AugmentParams, augment
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from imgcluster.augment import MEAN, STD, AugmentParams, augment
+    from imgcluster.method.augment import MEAN, STD, AugmentParams, augment
 
 
 def _torchvision_pipeline(size: int, p: AugmentParams) -> v2.Compose:

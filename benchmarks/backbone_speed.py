@@ -22,10 +22,20 @@ import torch
 import torch.nn.functional as F
 
 try:
-    from imgcluster.model import Encoder, count_parameters, make_momentum_copy, momentum_update
+    from imgcluster.method.model import (
+        Encoder,
+        count_parameters,
+        make_momentum_copy,
+        momentum_update,
+    )
 except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from imgcluster.model import Encoder, count_parameters, make_momentum_copy, momentum_update
+    from imgcluster.method.model import (
+        Encoder,
+        count_parameters,
+        make_momentum_copy,
+        momentum_update,
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

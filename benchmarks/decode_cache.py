@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from imgcluster.cache import Stamps, build_cache, decode_chunk, default_image_size
-from imgcluster.scan import scan_folder
-from imgcluster.workers import usable_cpus, worker_pool
+from imgcluster.data.cache import Stamps, build_cache, decode_chunk, default_image_size
+from imgcluster.data.scan import scan_folder
+from imgcluster.data.workers import usable_cpus, worker_pool
 
 
 def _timed_build(

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcluster.cache import build_cache
-from imgcluster.kmeans import kmeans
-from imgcluster.metrics import score
-from imgcluster.scan import scan_folder
+from imgcluster.data.cache import build_cache
+from imgcluster.data.scan import scan_folder
+from imgcluster.method.kmeans import kmeans
+from imgcluster.scoring.metrics import score
 
 
 def read_labels(folder: Path) -> dict[str, str]:

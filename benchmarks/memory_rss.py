@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from imgcluster.scan import scan_folder
+from imgcluster.data.scan import scan_folder
 
 TIME = "/usr/bin/time"
 

@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from imgcluster import augment
+from imgcluster.api import fit
 from imgcluster.config import RunConfig
-from imgcluster.pipeline import fit
+from imgcluster.method import augment
 
 COLUMNS = ("acc", "memory_acc", "kmeans_acc", "knn_agreement", "pseudo_label_acc",
            "feature_spread", "largest_cluster_ratio", "label_flips")  # fmt: skip

@@ -26,7 +26,7 @@ from datetime import date
 from pathlib import Path
 
 from imgcluster import rundir
-from imgcluster.datasets import BENCHMARKS
+from imgcluster.data.benchmarks import BENCHMARKS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- table1:begin -->", "<!-- table1:end -->"

@@ -1,7 +1,7 @@
 """Trainer overhead: the real SCL training step against the bare network step, side by side.
 
-``trainer``: :func:`imgcluster.train.train_step` on the model, optimiser and generators that
-:class:`imgcluster.pipeline.Trainer` builds (augmentation of both views, online and momentum
+``trainer``: :func:`imgcluster.train.step.train_step` on the model, optimiser and generators that
+:class:`imgcluster.train.trainer.Trainer` builds (augmentation of both views, online and momentum
 encoders, every task's losses, SGD step, memory and queue updates, momentum update), on uint8
 batches gathered from the image cache.
 
@@ -10,13 +10,13 @@ ready-made normalised tensor: online forward, momentum-encoder forward under ``n
 one-line loss, backward and an SGD step -- nothing else (under the trainer's bf16 autocast on a
 GPU, so both sides do their arithmetic in the same precision).
 
-``run_epoch``: :func:`imgcluster.train.run_epoch` over ``steps`` batches, the loop ``fit`` runs
+``run_epoch``: :func:`imgcluster.train.step.run_epoch` over ``steps`` batches, the loop ``fit`` runs
 and whose ``images_per_s`` goes into history.jsonl (it adds the batch gather from the memory-
 mapped cache, the loss sums and the progress callback to the trainer block).
 
 After warm-up the three blocks alternate ``--rounds`` times in one process, so a busy machine
 slows them alike; the medians over rounds and the median of the per-round ratios are reported.
-Building the Trainer tunes the process's malloc as ``fit`` does (:mod:`imgcluster.allocator`),
+Building the Trainer tunes the process's malloc as ``fit`` does (:mod:`imgcluster.train.allocator`),
 so the bare block runs with that tuning too. The JSON also gives each block's page faults and
 kernel CPU time per step; ``GLIBC_TUNABLES=glibc.malloc.perturb=0`` (a no-op setting, which
 makes imgcluster leave malloc alone) gives glibc's defaults for comparison.
@@ -27,7 +27,8 @@ makes imgcluster leave malloc alone) gives glibc's defaults for comparison.
 Without a folder the images are random uint8 (the JSON says which). On a GPU, ``--sync-check``
 also runs a few trainer steps under ``torch.cuda.set_sync_debug_mode("warn")`` and reports how
 many host-device synchronisations one step makes, and where (the goal is none). ``--compile``
-gives the trainer torch.compile'd augmentation and losses (:class:`imgcluster.train.StepKernels`);
+gives the trainer torch.compile'd augmentation and losses
+(:class:`imgcluster.train.step.StepKernels`);
 the JSON's ``warmup_seconds`` then includes the compile.
 """
 
@@ -52,14 +53,14 @@ try:
 except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imgcluster.augment import augment
-from imgcluster.cache import ImageCache, build_cache
 from imgcluster.config import RunConfig
-from imgcluster.device import DeviceImages, autocast, resolve_device
-from imgcluster.model import Encoder, make_momentum_copy
-from imgcluster.pipeline import Trainer
-from imgcluster.scan import scan_folder
-from imgcluster.train import MEMORY_FORMAT, run_epoch, train_step
+from imgcluster.data.cache import ImageCache, build_cache
+from imgcluster.data.scan import scan_folder
+from imgcluster.method.augment import augment
+from imgcluster.method.model import Encoder, make_momentum_copy
+from imgcluster.train.device import DeviceImages, autocast, resolve_device
+from imgcluster.train.step import MEMORY_FORMAT, run_epoch, train_step
+from imgcluster.train.trainer import Trainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -254,7 +255,8 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         "ratio_of_medians": round(med["trainer"] / med["bare"], 3),
         "per_round": {k: [round(x, 1) for x in v] for k, v in rates.items()},
         # Medians per step: page faults, and ms of CPU time spent in the kernel (see
-        # imgcluster.allocator; GLIBC_TUNABLES=glibc.malloc.perturb=0 runs with glibc's defaults).
+        # imgcluster.train.allocator;
+        # GLIBC_TUNABLES=glibc.malloc.perturb=0 runs with glibc's defaults).
         "page_faults_per_step": {k: round(median_of(v, 0)) for k, v in kernel.items()},
         "kernel_ms_per_step": {k: round(median_of(v, 1), 1) for k, v in kernel.items()},
         "compile": trainer.kernels.augment is not augment,  # as resolved (auto: on a GPU)

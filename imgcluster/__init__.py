@@ -25,27 +25,22 @@ __all__ = [
     "export_onnx",
     "fit",
     "report",
+    "resume",
+    "RunError",
     "score",
     "__version__",
 ]
 
-_LAZY = {
-    "RunConfig": ("imgcluster.config", "RunConfig"),
-    "fit": ("imgcluster.pipeline", "fit"),
-    "score": ("imgcluster.metrics", "score"),
-    "evaluate": ("imgcluster.scoring", "evaluate"),
-    "export_onnx": ("imgcluster.export", "export_onnx"),
-    "assign": ("imgcluster.assignment", "assign"),
-    "report": ("imgcluster.reporting", "report"),
-}
+# Every public name but RunConfig and RunError is a function of imgcluster.api.
+_LAZY = {name: "imgcluster.api" for name in __all__ if name not in ("__version__",)}
+_LAZY.update(RunConfig="imgcluster.config", RunError="imgcluster.errors")
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # later lookups skip this hook
         return value
     raise AttributeError(f"module 'imgcluster' has no attribute {name!r}")

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
+
+DEFAULT_K = 10  # clusters when neither the user nor a benchmark set says
+DEFAULT_EPOCHS = 200  # the paper's
+# The most epochs a time budget may plan when no epoch count is given: the budget, not the
+# paper's 200, then ends a run that trains fast (measured: docs/benchmarks.md).
+BUDGET_MAX_EPOCHS = 1000
 
 Backbone = Literal["auto", "resnet34", "resnet18", "small"]
 Method = Literal["scl", "moco-kmeans"]
@@ -25,8 +32,8 @@ class DataConfig:
     """Where the images come from and how they are cached.
 
     ``image_size`` of ``None`` means: chosen from the images (32 px for images up to ~48 px,
-    else 96 px), see :func:`imgcluster.cache.default_image_size`; for a benchmark set, the
-    set's own size. ``benchmark`` names a set of :mod:`imgcluster.datasets` found under
+    else 96 px), see :func:`imgcluster.data.cache.default_image_size`; for a benchmark set, the
+    set's own size. ``benchmark`` names a set of :mod:`imgcluster.data.benchmarks` found under
     ``data_root``; ``source`` is then filled in with the folder its images were read from.
     """
 
@@ -60,9 +67,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SCLConfig:
-    """The method's own hyper-parameters (SCL.md)."""
+    """The method's own hyper-parameters (docs/method.md)."""
 
-    k: int = 10
+    k: int | None = None  # None: a benchmark set's number of classes, else DEFAULT_K
     method: Method = "scl"
     # m of the momentum encoder. 0.99 (MoCo's CIFAR setting) leaves the collapsed start far
     # sooner than the paper's 0.9 in the runs a CPU can make (docs/benchmarks.md); --preset
@@ -89,7 +96,8 @@ class SCLConfig:
 class OptimConfig:
     """SGD with a cosine schedule (MoCo v2 settings, as in the paper)."""
 
-    epochs: int = 200
+    # None: 200 (the paper's); with a time budget as many as fit it, at most BUDGET_MAX_EPOCHS.
+    epochs: int | None = None
     # None: chosen from the number of images N (:func:`auto_batch_size`); the paper's is 256.
     batch_size: int | None = None
     lr: float = 0.03
@@ -141,7 +149,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting that cannot work."""
-        if self.scl.k < 2:
+        if self.scl.k is not None and self.scl.k < 2:
             raise ValueError(f"k must be at least 2, got {self.scl.k}")
         if self.model.backbone not in ("auto", *BACKBONES):
             raise ValueError(f"unknown backbone {self.model.backbone!r}")
@@ -161,7 +169,7 @@ class RunConfig:
             )
         if self.scl.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.scl.temperature}")
-        if self.optim.epochs < 1:
+        if self.optim.epochs is not None and self.optim.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.optim.epochs}")
         if self.optim.batch_size is not None and self.optim.batch_size < 2:
             raise ValueError(f"batch size must be at least 2, got {self.optim.batch_size}")
@@ -205,5 +213,52 @@ def auto_batch_size(num_images: int) -> int:
 
 
 def under_clustering_k(k: int) -> int:
-    """C of the 'under-clustering' task: k/2 rounded, at least 2 (SCL.md)."""
+    """C of the 'under-clustering' task: k/2 rounded, at least 2 (docs/method.md)."""
     return max(2, round(k / 2))
+
+
+def resolve(config: RunConfig, device_type: str = "cpu") -> RunConfig:
+    """The settings decided before any image is read, filled in (idempotent):
+
+    - ``data.source`` naming a benchmark set (:mod:`imgcluster.data.benchmarks`) becomes
+      ``data.benchmark`` when ``data_root`` or ``download`` is given or no folder has that
+      name; any other source must be a folder, and becomes its absolute path;
+    - ``scl.k`` None: the benchmark set's number of classes, else :data:`DEFAULT_K`;
+    - ``model.backbone`` "auto": the paper's ResNet-34 on a GPU; on a CPU the net that clusters
+      best within a time budget (docs/benchmarks.md: the small net);
+    - ``optim.epochs`` None: :data:`DEFAULT_EPOCHS`, or with a time budget
+      :data:`BUDGET_MAX_EPOCHS` (the budget then sets the count after the first epoch).
+
+    Raises ``ValueError`` for a setting that cannot work and
+    :class:`imgcluster.errors.RunError` for a source that is not there.
+    """
+    from imgcluster.data.benchmarks import BENCHMARKS
+    from imgcluster.errors import RunError
+
+    config.validate()
+    data, source = config.data, config.data.source
+    bench = BENCHMARKS.get(data.benchmark or source)
+    if bench is not None and not data.benchmark:
+        if data.data_root or data.download or not Path(source).exists():
+            config = config.replace(data={"benchmark": bench.name, "source": ""})
+        else:
+            bench = None
+    if not config.data.benchmark:
+        bench = None
+        if data.data_root or data.download:
+            raise RunError(
+                f"--data-root and --download go with a benchmark set ({', '.join(BENCHMARKS)})"
+            )
+        if source:
+            if not Path(source).is_dir():
+                raise RunError(f"source folder not found: {source}")
+            config = config.replace(data={"source": str(Path(source).resolve())})
+    if config.scl.k is None:
+        config = config.replace(scl={"k": bench.classes if bench is not None else DEFAULT_K})
+    if config.optim.epochs is None:
+        budgeted = config.optim.time_budget_minutes is not None
+        config = config.replace(optim={"epochs": BUDGET_MAX_EPOCHS if budgeted else DEFAULT_EPOCHS})
+    if config.model.backbone == "auto":
+        backbone = "resnet34" if device_type == "cuda" else "small"
+        config = config.replace(model={"backbone": backbone})
+    return config

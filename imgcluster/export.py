@@ -1,7 +1,8 @@
 """ONNX export of a run: encoder + 'clustering' head → ``model.onnx``, checked against torch.
 
 The graph takes normalised images ``N×3×S×S`` (dynamic ``N``) and returns ``probabilities``
-(``N×k`` softmax) and ``embedding`` (``N×d``, unit rows); :mod:`imgcluster.onnxmodel` states the
+(``N×k`` softmax) and ``embedding`` (``N×d``, unit rows);
+:mod:`imgcluster.assigning.onnx_model` states the
 contract and the metadata. For the MoCo + k-means baseline, whose run has no clustering head,
 the head is the k-means step made explicit: softmax over cosine similarities to the cluster
 centroids at the SCL temperature, centroids = the normalised mean embedding of each cluster.
@@ -24,18 +25,21 @@ from torch import Tensor, nn
 
 from imgcluster import __version__
 from imgcluster import rundir as rd
-from imgcluster.augment import MEAN, STD, preprocess
+from imgcluster.assigning.onnx_model import EMBEDDING, INPUT, PROBABILITIES, ModelInfo, OnnxModel
+from imgcluster.atomic import atomic_write_bytes
 from imgcluster.config import RunConfig
-from imgcluster.onnxmodel import EMBEDDING, INPUT, PROBABILITIES, ModelInfo, OnnxModel
-from imgcluster.runimages import training_images
-from imgcluster.scl import CLUSTERING, SCL
+from imgcluster.data.sources import training_images
+from imgcluster.errors import RunError
+from imgcluster.method.augment import MEAN, STD, preprocess
+from imgcluster.method.scl import CLUSTERING, SCL
+from imgcluster.train.checkpoint import load_checkpoint
 
 TOLERANCE = 1e-4  # largest allowed |onnxruntime - torch| on either output
 CHECK_IMAGES = 64  # real images in the comparison batch
 _OPSET = 18
 
 
-class ExportError(rd.RunError):
+class ExportError(RunError):
     """The exported file fails the checker or disagrees with torch."""
 
 
@@ -85,9 +89,9 @@ def export_onnx(
     """Export run ``run`` (default: the latest under ./runs) to ``out`` (default run/model.onnx).
 
     ``images`` are the run's training images as uint8 ``N×3×S×S`` in assignments.csv order
-    (``fit`` passes its cache); by default they are found again (:mod:`imgcluster.runimages`).
+    (``fit`` passes its cache); by default they are found again (:mod:`imgcluster.data.sources`).
     Raises
-    :class:`imgcluster.rundir.RunError` for a run that cannot be exported and
+    :class:`imgcluster.RunError` for a run that cannot be exported and
     :class:`ExportError` when the check fails (the file is then not written).
     """
     began = time.perf_counter()
@@ -97,40 +101,35 @@ def export_onnx(
     paths, clusters, _ = _assignments(run)
     if images is None:
         images = training_images(run, config, paths)
-    graph = load_graph(run, config, images, clusters)
+    graph = load_graph(run, config)
     batch = _check_batch(images)
     data = to_onnx(graph, batch, _model_info(config))
     diff, agreement = check(graph, data, batch, tolerance, out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rd.atomic_write_bytes(out, data)
+    atomic_write_bytes(out, data)
     seconds = time.perf_counter() - began
     return ExportResult(out, len(data), diff, agreement, len(batch), seconds)
 
 
 def _run_config(run: Path) -> RunConfig:
     if not (run / rd.CHECKPOINT).is_file():
-        raise rd.RunError(f"{run} holds no trained model ({rd.CHECKPOINT} missing)")
+        raise RunError(f"{run} holds no trained model ({rd.CHECKPOINT} missing)")
     config = RunConfig.from_dict(rd.read_json(run / rd.CONFIG))
     if not config.data.image_size:
-        raise rd.RunError(f"{run / rd.CONFIG} has no image size: the run never started")
+        raise RunError(f"{run / rd.CONFIG} has no image size: the run never started")
     return config
 
 
 def _assignments(run: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     if not (run / rd.ASSIGNMENTS).is_file():
-        raise rd.RunError(f"{run} has no {rd.ASSIGNMENTS}: let its fit finish (fit --resume)")
+        raise RunError(f"{run} has no {rd.ASSIGNMENTS}: let its fit finish (fit --resume)")
     return rd.read_assignments(run / rd.ASSIGNMENTS)
 
 
-def load_graph(
-    run: Path, config: RunConfig, images: np.ndarray, clusters: np.ndarray
-) -> InferenceGraph:
-    """The run's final encoder and clustering head (k-means centroids for the baseline), eval.
-
-    ``images`` are the training images (uint8 ``N×3×S×S``, rows as ``clusters``); only the
-    baseline reads them all, to compute its centroids from the embeddings.
-    """
-    state = rd.load_checkpoint(run / rd.CHECKPOINT)["model"]
+def load_graph(run: Path, config: RunConfig) -> InferenceGraph:
+    """The run's final encoder and clustering head (for the baseline: the centroids its fit
+    saved, :func:`imgcluster.method.kmeans.centroid_probabilities`), in eval mode."""
+    state = load_checkpoint(run / rd.CHECKPOINT)["model"]
     # The model as fit builds it; only the encoder and the head are loaded (the memories'
     # sizes depend on the image count, which inference does not need).
     k = config.scl.k
@@ -148,33 +147,18 @@ def load_graph(
             head.load_state_dict(_sub_state(state, f"tasks.{CLUSTERING}.head."))
     except RuntimeError as e:  # missing or misshapen weights
         detail = " ".join(str(e).split())[:300]  # "Missing key(s) in state_dict: ..."
-        raise rd.RunError(f"{run / rd.CHECKPOINT} does not fit its config.json: {detail}") from e
+        raise RunError(f"{run / rd.CHECKPOINT} does not fit its config.json: {detail}") from e
     scl.encoder.eval()
     if head is None:
-        z = embed(scl.encoder, images)
-        head = CentroidHead(cluster_centroids(z, clusters, k), config.scl.temperature)
+        if not (run / rd.CENTROIDS).is_file():
+            raise RunError(f"{run} has no {rd.CENTROIDS}: let its fit finish (fit --resume)")
+        centroids = torch.from_numpy(rd.read_centroids(run / rd.CENTROIDS))
+        head = CentroidHead(centroids, config.scl.temperature)
     return InferenceGraph(scl.encoder, head).eval()
 
 
 def _sub_state(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-@torch.no_grad()
-def embed(encoder: nn.Module, images: np.ndarray, batch_size: int = 512) -> Tensor:
-    """Unit embeddings ``N×d`` of uint8 ``N×3×S×S`` images (eval mode, CPU)."""
-    parts = [
-        encoder(preprocess(torch.from_numpy(np.array(images[i : i + batch_size]))))
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(parts)
-
-
-def cluster_centroids(z: Tensor, clusters: np.ndarray, k: int) -> Tensor:
-    """Normalised mean embedding of each cluster, ``k×d`` (zero rows for empty clusters)."""
-    index = torch.from_numpy(np.asarray(clusters, dtype=np.int64))
-    sums = torch.zeros(k, z.shape[1]).index_add_(0, index, z)
-    return torch.nn.functional.normalize(sums, dim=1)
 
 
 def _check_batch(images: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The run directory: what ``fit`` leaves behind and every later command reads.
 
-Layout (DESIGN.md): config.json, checkpoint.pt, history.jsonl, assignments.csv, skipped.csv.
+Layout (docs/architecture.md): config.json, checkpoint.pt, history.jsonl, assignments.csv,
+skipped.csv.
 Every file is written atomically (temporary file in the same folder, fsync, rename), so a run
 killed at any moment leaves the old file or the new one, never a torn one. Checkpoints load with
 ``torch.load(weights_only=True)``: a checkpoint whose pickle would run code is refused.
@@ -8,17 +9,17 @@ killed at any moment leaves the old file or the new one, never a torn one. Check
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from imgcluster.atomic import atomic_write_bytes, atomic_write_text
+from imgcluster.errors import RunError
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
@@ -27,89 +28,10 @@ ASSIGNMENTS = "assignments.csv"
 SKIPPED = "skipped.csv"
 LABELS = "labels.csv"  # benchmark runs: the true class of every image, for ``eval``
 REPORT = "report"
+CENTROIDS = "centroids.npy"  # the MoCo + k-means baseline's cluster centroids, k×d
 MODEL = "model.onnx"  # written by ``export`` (and at the end of ``fit``), read by ``assign``
-
-
-class RunError(Exception):
-    """A problem the user can fix; its message is one line for the command line."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """:func:`replace_atomically`, a failure reported as a one-line :class:`RunError`."""
-    try:
-        replace_atomically(path, data)
-    except OSError as e:
-        raise RunError(f"cannot write {path}: {e.strerror or e}") from e
-
-
-def replace_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new, never a mix.
-
-    The data reach the disk (fsync) before the rename. The temporary file of an earlier write
-    to ``path`` whose process was killed (SIGKILL leaves no time to clean up; a checkpoint's
-    may be large) is removed first. Raises ``OSError`` (a full disk, say), leaving no
-    temporary behind.
-    """
-    path = Path(path)
-    remove_dead_temporaries(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def remove_dead_temporaries(path: Path) -> None:
-    """Delete ``.<name>.tmp-<pid>``, the temporaries of atomic writes to ``path`` by processes
-    that no longer exist. A live writer's temporary (another command at work) is left alone."""
-    path = Path(path)
-    prefix = f".{path.name}.tmp-"
-    try:
-        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(prefix)]
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(prefix) :]
-        if pid.isdigit() and not process_alive(int(pid)):
-            # Gone already, or not ours to remove: the write goes on regardless.
-            with contextlib.suppress(OSError):
-                (path.parent / name).unlink()
-
-
-def process_alive(pid: int) -> bool:
-    """True unless process ``pid`` surely no longer exists (unknown on non-POSIX systems, where
-    ``os.kill`` would end the process)."""
-    if pid == os.getpid() or os.name != "posix":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make the renames into ``folder`` durable; not possible (nor needed) on every platform."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+# Written by ``assign --export-folders`` into its folder: the files it placed there.
+FOLDERS_MANIFEST = ".imgcluster-manifest.json"
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -177,28 +99,18 @@ def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
     atomic_write_text(path, _csv_text(("path", "reason"), skipped))
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save into memory, then an atomic write: a kill never leaves a torn checkpoint."""
-    import torch  # here, not at the top: eval and assign read run directories without torch
-
+def write_centroids(path: Path, centroids: np.ndarray) -> None:
+    """The baseline's centroids (float32 k×d), for ``export``."""
     buf = io.BytesIO()
-    torch.save(state, buf)
+    np.save(buf, np.asarray(centroids, dtype=np.float32))
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load with ``weights_only=True``; anything that would run code is refused."""
-    import torch
-
+def read_centroids(path: Path) -> np.ndarray:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise RunError(
-            f"refusing to load {path}: it is not a plain imgcluster checkpoint "
-            "(its pickle asks to run code)"
-        ) from e
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise RunError(f"cannot read checkpoint {path}: {e}") from e
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise RunError(f"cannot read {path}: {e}") from e
 
 
 def numbered_run_dir(base: Path, name: str) -> Path:

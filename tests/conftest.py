@@ -55,8 +55,8 @@ def tiny_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     10 real CIFAR-10 images per class, k=4, 16 px, the small net, 3 epochs; ``fit`` wrote
     model.onnx and report/ at its end. The source folder is ``config.json``'s source.
     """
+    from imgcluster.api import fit
     from imgcluster.config import RunConfig
-    from imgcluster.pipeline import fit
 
     base = tmp_path_factory.getbasetemp()
     source = copy_cifar_subset(data_root, tmp_path_factory.mktemp("tiny-source"), 10)

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from imgcluster import allocator
+from imgcluster.train import allocator
 
 # A child that allocates, touches and frees a 64 MiB block 20 times (the size of one batch-256
 # activation of the small net; above any mmap threshold glibc would pick itself) and reports
@@ -21,7 +21,7 @@ from imgcluster import allocator
 CHILD = textwrap.dedent(
     """
     import json, resource, sys
-    from imgcluster.allocator import release_free_memory, retain_freed_memory
+    from imgcluster.train.allocator import release_free_memory, retain_freed_memory
 
     tuned = retain_freed_memory() if sys.argv[1] == "tune" else False
     faults = []

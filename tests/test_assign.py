@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from imgcluster import rundir
-from imgcluster.assignment import confidence_ranks
-from imgcluster.folders import MANIFEST
+from imgcluster.assigning.assignment import confidence_ranks
+from imgcluster.assigning.folders import MANIFEST
 
 
 def source_of(run: Path) -> Path:

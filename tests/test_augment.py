@@ -1,4 +1,4 @@
-"""Tests of the batched per-image augmentation (imgcluster.augment)."""
+"""Tests of the batched per-image augmentation (imgcluster.method.augment)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2 as tv
 import torchvision.transforms.v2.functional as TF
+from torch import Tensor
 
-from imgcluster import augment as A
-from imgcluster.augment import (
+from imgcluster.method import augment as A
+from imgcluster.method import pixel_ops as ops
+from imgcluster.method.augment import (
     AUGMENTATIONS,
     MEAN,
     STD,
@@ -29,6 +31,36 @@ from imgcluster.augment import (
 IDENTITY = AugmentParams(
     scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0
 )
+
+
+# Reference forms of the fused kernels, compared with torchvision below.
+def _grid_from_boxes(boxes: Tensor, flip: Tensor, size: tuple[int, int]) -> Tensor:
+    """``grid_sample`` grid ``B×H×W×2`` that resizes each box ``(top, left, height, width)``
+    to ``size`` and maybe flips it, clamped to the box's outer pixel centres."""
+    ys = ops.axis_coords(boxes[:, 0], boxes[:, 2], size[0], torch.zeros_like(flip))
+    xs = ops.axis_coords(boxes[:, 1], boxes[:, 3], size[1], flip)
+    return ops.stack_grid(xs, ys)
+
+
+def _blend(x: Tensor, coef: list[Tensor]) -> Tensor:
+    return ops.blend_(x.clone(), torch.stack(coef), ops.Scratch(x.device, False))
+
+
+def _adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
+    zero = torch.zeros_like(factor)
+    return _blend(x, [factor, zero, zero])
+
+
+def _adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
+    return _blend(x, [factor, torch.zeros_like(factor), 1.0 - factor])
+
+
+def _adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
+    return _blend(x, [factor, 1.0 - factor, torch.zeros_like(factor)])
+
+
+def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
+    return ops.adjust_hue_(x.clone(), shift, ops.Scratch(x.device, False))
 
 
 def _images(batch: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -85,7 +117,7 @@ def test_inference_mode_then_training_mode() -> None:
     """Buffers first made under inference_mode must not break later grad-mode calls."""
     import threading
 
-    A._cached_channel_const.cache_clear()
+    ops.cached_channel_const.cache_clear()
     errors: list[BaseException] = []
 
     def run() -> None:  # a fresh thread gets a fresh scratch buffer
@@ -212,7 +244,7 @@ def test_crop_of_known_region() -> None:
     x[..., 16:] = 255
     boxes = torch.tensor([[4.0, 16.0, 10.0, 8.0], [0.0, 20.0, 32.0, 12.0]])  # top, left, h, w
     for flip in (False, True):
-        grid = A._grid_from_boxes(boxes, torch.tensor([flip, flip]), (32, 32))
+        grid = _grid_from_boxes(boxes, torch.tensor([flip, flip]), (32, 32))
         out = F.grid_sample(
             to_float(x), grid, mode="bilinear", padding_mode="border", align_corners=False
         )
@@ -236,9 +268,7 @@ def test_grid_is_the_affine_grid_clamped_to_the_box() -> None:
     lo = torch.stack(((2 * left + 1) / size - 1, (2 * top + 1) / size - 1), -1).view(n, 1, 1, 2)
     hi = torch.stack(((2 * (left + w) - 1) / size - 1, (2 * (top + h) - 1) / size - 1), -1)
     ref = torch.maximum(torch.minimum(ref, hi.view(n, 1, 1, 2)), lo)
-    torch.testing.assert_close(
-        A._grid_from_boxes(boxes, flip, (size, size)), ref, atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(_grid_from_boxes(boxes, flip, (size, size)), ref, atol=1e-5, rtol=0)
 
 
 # --- colour --------------------------------------------------------------------------------------
@@ -258,9 +288,9 @@ def _colour_images(n: int = 12, size: int = 16) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("ours", "theirs"),
     [
-        (A._adjust_brightness, TF.adjust_brightness),
-        (A._adjust_contrast, TF.adjust_contrast),
-        (A._adjust_saturation, TF.adjust_saturation),
+        (_adjust_brightness, TF.adjust_brightness),
+        (_adjust_contrast, TF.adjust_contrast),
+        (_adjust_saturation, TF.adjust_saturation),
     ],
 )
 def test_linear_jitter_matches_torchvision(ours, theirs) -> None:
@@ -274,7 +304,7 @@ def test_hue_matches_torchvision() -> None:
     x = _colour_images()
     shifts = torch.linspace(-0.5, 0.5, x.shape[0])
     expected = torch.stack([TF.adjust_hue(img, float(s)) for img, s in zip(x, shifts, strict=True)])
-    got = A._adjust_hue(x, shifts)
+    got = _adjust_hue(x, shifts)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
     assert torch.equal(x, _colour_images())  # the public helper does not modify its input
 
@@ -287,7 +317,7 @@ def test_jitter_order_and_factors_match_torchvision() -> None:
     p = AugmentParams()
     blend, hue = A._jitter_schedule(u, p)
     x = _colour_images(n, 8)
-    got = A._color_jitter(x.clone(), blend, hue, A._Scratch(x.device, reuse=False))
+    got = ops.color_jitter(x.clone(), blend, hue, ops.Scratch(x.device, reuse=False))
     lo = 1 - torch.tensor([p.brightness, p.contrast, p.saturation])
     factors = lo + u[:, :3] * 2 * (1 - lo)
     order = torch.argsort(u[:, 4:8], dim=1)
@@ -308,7 +338,7 @@ def test_jitter_probability_zero_leaves_colours() -> None:
     x = _colour_images(16, 8)
     assert torch.equal(hue, torch.zeros(16))
     torch.testing.assert_close(
-        A._color_jitter(x.clone(), blend, hue, A._Scratch(x.device, reuse=False)),
+        ops.color_jitter(x.clone(), blend, hue, ops.Scratch(x.device, reuse=False)),
         x,
         rtol=0,
         atol=2e-6,

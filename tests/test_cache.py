@@ -1,4 +1,4 @@
-"""Tests for imgcluster.cache: build, reuse, invalidation, torn files and parallel decoding."""
+"""Tests for imgcluster.data.cache: build, reuse, invalidation, torn files and parallel decoding."""
 
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import imgcluster.cache as cache_mod
-from imgcluster import workers
-from imgcluster.cache import (
+import imgcluster.data.cache as cache_mod
+from imgcluster.data import workers
+from imgcluster.data.cache import (
     ImageCache,
     build_cache,
     cache_dir_default,
     cache_key,
     default_image_size,
 )
-from imgcluster.decode import decode_image
-from imgcluster.scan import scan_folder
+from imgcluster.data.decode import decode_image
+from imgcluster.data.scan import scan_folder
 
 
 @pytest.fixture
@@ -53,7 +53,12 @@ def test_build_shapes_order_and_failures(corpus: tuple[Path, list[str]], tmp_pat
     root, paths = corpus
     calls: list[tuple[int, int]] = []
     result = build_cache(
-        root, paths, 32, tmp_path / "c", workers=1, progress=lambda *a: calls.append(a)
+        root,
+        paths,
+        32,
+        tmp_path / "c",
+        workers=1,
+        progress=lambda e: calls.append((e.done, e.total)),
     )
     good = [p for p in paths if p not in ("bad.jpg", "cut.jpg")]
     assert isinstance(result, ImageCache) and not result.reused
@@ -196,7 +201,12 @@ def test_workers_match_in_process_byte_for_byte(
     monkeypatch.setattr(workers, "POOL_MIN_SECONDS", 0.0)  # use the pool even for 200 images
     calls: list[tuple[int, int]] = []
     two = build_cache(
-        root, paths, 32, tmp_path / "w2", workers=2, progress=lambda *a: calls.append(a)
+        root,
+        paths,
+        32,
+        tmp_path / "w2",
+        workers=2,
+        progress=lambda e: calls.append((e.done, e.total)),
     )
     assert pools == [2]
     # Besides the first chunk, this process decoded more while its worker started.
@@ -260,7 +270,9 @@ def test_cache_dir_default_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 
 def test_data_path_does_not_import_torch() -> None:
-    code = "import sys, imgcluster.cache, imgcluster.scan; sys.exit('torch' in sys.modules)"
+    code = (
+        "import sys, imgcluster.data.cache, imgcluster.data.scan; sys.exit('torch' in sys.modules)"
+    )
     assert (
         subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
     )
@@ -283,39 +295,18 @@ def test_a_full_disk_is_one_error_and_leaves_nothing(
     assert list(folder.iterdir()) == []
 
 
-def test_the_array_is_flushed_while_it_is_written(
-    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Background flushes start as rows come in, at most one at a time, and the array they
-    flush is the same, byte for byte."""
-    root = data_root / "cifar10-test"
-    paths = [f"{c}/{i:04d}.jpg" for c in ("cat", "dog", "ship") for i in range(100)]
-    one = build_cache(root, paths, 32, tmp_path / "plain", workers=1)
-    flushed: list[int] = []
-    monkeypatch.setattr(cache_mod.os, "fdatasync", flushed.append)  # instant: no overlap
-    monkeypatch.setattr(cache_mod, "_WRITEBACK_MIN_BYTES", 3 * 32 * 32 * 16)  # every 16 rows
-    monkeypatch.setattr(cache_mod, "_WRITEBACK_PARTS", 10**6)
-    again = build_cache(root, paths, 32, tmp_path / "flushed", workers=1)
-    # Each chunk of at least 16 rows may start one, unless the last one is still running
-    # (300 images, one decoder: chunks of 75 rows shrinking to 16).
-    chunks = workers.chunk_plan(0, len(paths), 75, 1)
-    assert 2 <= len(flushed) <= sum(count >= 16 for count in chunks.values())
-    assert again.file.read_bytes() == one.file.read_bytes()
-
-
-def test_a_failed_background_flush_fails_the_build(
+def test_a_failed_final_fsync_fails_the_build(
     corpus: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A full disk can show only when pages are written back: the background flush's error
-    ends the build like a failed write, and the half-built array is removed."""
+    """A full disk can show only when pages are written back, at the array's fsync: that
+    error ends the build like a failed write, no manifest vouches for the array, and the
+    half-built array is removed."""
     root, paths = corpus
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cache_mod.os, "fdatasync", full)
-    monkeypatch.setattr(cache_mod, "_WRITEBACK_MIN_BYTES", 1)
-    monkeypatch.setattr(cache_mod, "_WRITEBACK_PARTS", 10**6)  # a flush after the first rows
+    monkeypatch.setattr(cache_mod.os, "fsync", full)
     folder = tmp_path / "c"
     with pytest.raises(cache_mod.CacheWriteError, match="No space left"):
         build_cache(root, paths, 32, folder, workers=1)

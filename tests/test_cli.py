@@ -14,7 +14,7 @@ import pytest
 from conftest import copy_cifar_subset
 
 from imgcluster import rundir
-from imgcluster.metrics import score
+from imgcluster.scoring.metrics import score
 
 PER_CLASS = 40
 EPOCHS = 15

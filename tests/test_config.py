@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from imgcluster.config import RunConfig, auto_batch_size, under_clustering_k, with_preset
+from imgcluster.config import (
+    BUDGET_MAX_EPOCHS,
+    DEFAULT_EPOCHS,
+    RunConfig,
+    auto_batch_size,
+    resolve,
+    under_clustering_k,
+    with_preset,
+)
 
 
 def test_round_trip_through_json():
@@ -61,3 +69,12 @@ def test_validate_names_the_bad_setting(section, field, value, word):
 
 def test_under_clustering_k():
     assert [under_clustering_k(k) for k in (2, 3, 10, 15, 200)] == [2, 2, 5, 8, 100]
+
+
+def test_epochs_default_to_the_papers_unless_a_budget_decides(tmp_path) -> None:
+    folder = RunConfig().replace(data={"source": str(tmp_path)})
+    assert resolve(folder).optim.epochs == DEFAULT_EPOCHS == 200
+    budgeted = folder.replace(optim={"time_budget_minutes": 5})
+    assert resolve(budgeted).optim.epochs == BUDGET_MAX_EPOCHS
+    given = budgeted.replace(optim={"epochs": 30})
+    assert resolve(given).optim.epochs == 30

@@ -1,4 +1,4 @@
-"""Tests for imgcluster.decode: every Pillow mode to RGB, orientation, geometry, bad files."""
+"""Tests for imgcluster.data.decode: every Pillow mode to RGB, orientation, geometry, bad files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
-from imgcluster.decode import MAX_PIXELS, DecodeError, decode_image, image_shape
+from imgcluster.data.decode import MAX_PIXELS, DecodeError, decode_image, image_shape
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)

@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-import imgcluster.pipeline as pipeline
-import imgcluster.train as train
-from imgcluster.augment import AUGMENTATIONS, augment
-from imgcluster.cache import ImageCache
+import imgcluster.train.step as train
+import imgcluster.train.trainer as trainer_mod
 from imgcluster.config import RunConfig
-from imgcluster.device import (
+from imgcluster.data.cache import ImageCache
+from imgcluster.method.augment import AUGMENTATIONS, augment
+from imgcluster.method.memory import SemanticMemory
+from imgcluster.train.device import (
     DeviceImages,
     autocast,
     compile_pays,
     resolve_device,
     use_fast_kernels,
 )
-from imgcluster.memory import SemanticMemory
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -55,7 +55,7 @@ def test_resolve_device() -> None:
 
 def test_compile_is_on_by_default_only_on_a_gpu() -> None:
     assert not compile_pays(torch.device("cpu"))
-    trainer = pipeline.Trainer(tiny_config(), random_cache(), torch.device("cpu"))
+    trainer = trainer_mod.Trainer(tiny_config(), random_cache(), torch.device("cpu"))
     assert trainer.cfg.optim.compile is None
     eager = train.StepKernels.eager(trainer.model, AUGMENTATIONS["colour"])
     assert trainer.kernels.loss_terms == eager.loss_terms  # not compiled
@@ -69,8 +69,8 @@ def test_the_trainer_keeps_freed_memory_and_predicts_in_training_batches(
     """On a CPU the label update predicts in batches of the training step's size, so it reuses
     the memory the steps free; the batch size does not change the predictions."""
     calls = []
-    monkeypatch.setattr(pipeline, "retain_freed_memory", lambda: calls.append(1) or True)
-    trainer = pipeline.Trainer(tiny_config(), random_cache(), torch.device("cpu"))
+    monkeypatch.setattr(trainer_mod, "retain_freed_memory", lambda: calls.append(1) or True)
+    trainer = trainer_mod.Trainer(tiny_config(), random_cache(), torch.device("cpu"))
     assert calls == [1]
     assert trainer.predict_batch == trainer.batch == 32
     by_step = trainer.predict()
@@ -103,8 +103,8 @@ def test_device_images_batches_and_sequence_on_cpu() -> None:
 
 def one_epoch(memory_format: torch.memory_format, monkeypatch: pytest.MonkeyPatch) -> tuple:
     monkeypatch.setattr(train, "MEMORY_FORMAT", memory_format)
-    monkeypatch.setattr(pipeline, "MEMORY_FORMAT", memory_format)
-    trainer = pipeline.Trainer(tiny_config(), random_cache(), torch.device("cpu"))
+    monkeypatch.setattr(trainer_mod, "MEMORY_FORMAT", memory_format)
+    trainer = trainer_mod.Trainer(tiny_config(), random_cache(), torch.device("cpu"))
     record = trainer.epoch_once(lambda _: None)
     labels = trainer.model.task("clustering").labels.clone()
     return record["loss"], labels
@@ -151,7 +151,7 @@ def test_memory_update_on_the_gpu_matches_the_cpu_without_a_sync() -> None:
 
 @needs_cuda
 def test_a_training_step_on_the_gpu_makes_no_host_sync() -> None:
-    trainer = pipeline.Trainer(tiny_config("cuda"), random_cache(), torch.device("cuda"))
+    trainer = trainer_mod.Trainer(tiny_config("cuda"), random_cache(), torch.device("cuda"))
     idx = torch.arange(32)
 
     def step() -> None:
@@ -175,7 +175,7 @@ def test_compiled_kernels_give_the_same_step() -> None:
     results = []
     for compiled in (False, True):
         cfg = tiny_config().replace(optim={"compile": compiled})
-        trainer = pipeline.Trainer(cfg, random_cache(), torch.device("cpu"))
+        trainer = trainer_mod.Trainer(cfg, random_cache(), torch.device("cpu"))
         assert isinstance(trainer.kernels, train.StepKernels)
         idx = torch.arange(32)
         terms = train.train_step(
@@ -205,7 +205,7 @@ def test_a_failing_compiler_leaves_the_step_eager(monkeypatch: pytest.MonkeyPatc
     results = []
     for compiled in (True, False):
         cfg = tiny_config().replace(optim={"compile": compiled})
-        trainer = pipeline.Trainer(cfg, random_cache(), torch.device("cpu"))
+        trainer = trainer_mod.Trainer(cfg, random_cache(), torch.device("cpu"))
         idx = torch.arange(32)
         images = trainer.images.batch(idx)
         step = train.train_step(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imgcluster.diagnostics import epoch_diagnostics, feature_spread, knn_agreement
+from imgcluster.scoring.diagnostics import epoch_diagnostics, feature_spread, knn_agreement
 
 
 def unit_rows(n: int, d: int, seed: int) -> np.ndarray:

@@ -17,13 +17,13 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import copy_cifar_subset
 
-from imgcluster import distributed
-from imgcluster.cache import ImageCache
 from imgcluster.config import RunConfig, SCLConfig
-from imgcluster.distributed import KeyShuffle, World
-from imgcluster.pipeline import Trainer
+from imgcluster.data.cache import ImageCache
+from imgcluster.method.scl import SCL
 from imgcluster.rundir import read_assignments, read_history, read_json
-from imgcluster.scl import SCL
+from imgcluster.train import distributed
+from imgcluster.train.distributed import KeyShuffle, World
+from imgcluster.train.trainer import Trainer
 
 WORLD = 2
 PER_RANK = 4

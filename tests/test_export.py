@@ -14,13 +14,14 @@ from conftest import copy_cifar_subset
 from typer.testing import CliRunner
 
 from imgcluster import rundir
-from imgcluster.augment import MEAN, STD, preprocess
+from imgcluster.api import fit
+from imgcluster.assigning.onnx_model import OnnxModel
 from imgcluster.cli import app
 from imgcluster.config import RunConfig
+from imgcluster.data.sources import training_images
+from imgcluster.errors import RunError
 from imgcluster.export import ExportError, check, export_onnx, load_graph
-from imgcluster.onnxmodel import OnnxModel
-from imgcluster.pipeline import fit
-from imgcluster.runimages import training_images
+from imgcluster.method.augment import MEAN, STD, preprocess
 
 
 def run_images(run: Path) -> tuple[RunConfig, np.ndarray, np.ndarray]:
@@ -32,7 +33,7 @@ def run_images(run: Path) -> tuple[RunConfig, np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("n", [1, 7])
 def test_onnxruntime_matches_torch_on_real_images(tiny_run: Path, n: int):
     config, images, clusters = run_images(tiny_run)
-    graph = load_graph(tiny_run, config, images, clusters)
+    graph = load_graph(tiny_run, config)
     batch = np.array(images[3 : 3 + n])
     with torch.no_grad():
         probs, emb = (t.numpy() for t in graph(preprocess(torch.from_numpy(batch))))
@@ -80,7 +81,7 @@ def test_export_command_writes_elsewhere(tiny_run: Path, tmp_path: Path):
 def test_disagreement_fails_loudly(tiny_run: Path):
     """A graph that no longer matches the file (one head weight moved) fails the check."""
     config, images, clusters = run_images(tiny_run)
-    graph = load_graph(tiny_run, config, images, clusters)
+    graph = load_graph(tiny_run, config)
     data = (tiny_run / "model.onnx").read_bytes()
     batch = np.array(images[:8])
     diff, agreement = check(graph, data, batch, 1e-4, tiny_run / "model.onnx")
@@ -112,5 +113,5 @@ def test_baseline_exports_its_kmeans_as_a_layer(data_root: Path, tmp_path: Path)
     probs, _ = OnnxModel(tmp_path / "run" / "model.onnx")(np.asarray(images))
     assert (probs.argmax(1) == result.clusters).mean() >= 0.9
     shutil.rmtree(source)  # a later export needs the images: a clear error, not a traceback
-    with pytest.raises(rundir.RunError, match="training images"):
+    with pytest.raises(RunError, match="training images"):
         export_onnx(tmp_path / "run")

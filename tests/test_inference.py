@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from conftest import copy_cifar_subset
 
-from imgcluster import inference, workers
-from imgcluster.decode import decode_image
-from imgcluster.onnxmodel import OnnxModel
-from imgcluster.scan import scan_folder
+from imgcluster.assigning import inference
+from imgcluster.assigning.onnx_model import OnnxModel
+from imgcluster.data import workers
+from imgcluster.data.decode import decode_image
+from imgcluster.data.scan import scan_folder
 
 BROKEN = {
     "airplane/0003.jpg": b"not an image",
@@ -120,7 +121,7 @@ def test_workers_that_run_the_model_give_the_same_outputs(
         workers=3,
         batch_size=16,
         cache_dir=tmp_path,
-        progress=lambda *a: calls.append(a),
+        progress=lambda e: calls.append((e.done, e.total)),
     )
     assert setups == [inference._load_worker_model]  # each worker loads its own session
     _same(alone, shared)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imgcluster.memory import InstanceQueue, SemanticMemory
+from imgcluster.method.memory import InstanceQueue, SemanticMemory
 
 
 def keys(values: list[float], dim: int = 2) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from imgcluster.metrics import cluster_accuracy, confusion, contingency, score
+from imgcluster.scoring.metrics import cluster_accuracy, confusion, contingency, score
 
 
 def brute_force_acc(clusters: np.ndarray, classes: np.ndarray) -> float:

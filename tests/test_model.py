@@ -1,4 +1,4 @@
-"""Backbones, encoder, cluster head and momentum copy of :mod:`imgcluster.model`."""
+"""Backbones, encoder, cluster head and momentum copy of :mod:`imgcluster.method.model`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet34
 
-from imgcluster.model import (
+from imgcluster.method.model import (
     FEATURE_DIMS,
     ClusterHead,
     Encoder,

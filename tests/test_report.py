@@ -75,7 +75,7 @@ def test_report_command_redraws(tiny_run: Path, tmp_path: Path):
 
 def test_report_without_the_images_still_opens(tiny_run: Path, tmp_path: Path):
     """The source folder moved away: no t-SNE, grey tiles, a note, and no broken link."""
-    from imgcluster.reporting import report
+    from imgcluster.reporting.page import report
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("report"))
@@ -90,7 +90,7 @@ def test_report_without_the_images_still_opens(tiny_run: Path, tmp_path: Path):
 
 def test_a_labelled_run_shows_its_scores_per_epoch(tiny_run: Path, tmp_path: Path):
     """History lines with the diagnostics add the agreement plot; a run without has none."""
-    from imgcluster.reporting import report
+    from imgcluster.reporting.page import report
 
     assert "scores.png" not in check_page(tiny_run / "report" / "index.html")
     run = tmp_path / "run"

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from imgcluster import rundir as rd
 from imgcluster.cli import app
-from imgcluster.scan import scan_folder
+from imgcluster.data.scan import scan_folder
+from imgcluster.train.checkpoint import load_checkpoint
 
 TINY = ["--backbone", "small", "--image-size", "16", "--batch-size", "16", "--workers", "1"]
 TINY += ["--no-report", "--seed", "0"]
@@ -112,7 +113,7 @@ def test_outputs_inside_the_source_are_not_scanned(messy) -> None:
 
 
 def test_links_out_of_the_source_only_with_follow_links(messy) -> None:
-    from imgcluster.assignment import assign
+    from imgcluster.assigning.assignment import assign
 
     src, run, *_ = messy
     plain = assign(src, run=run, workers=1)
@@ -124,8 +125,8 @@ def test_links_out_of_the_source_only_with_follow_links(messy) -> None:
 def test_interrupted_export_rerun_leaves_one_copy_each(
     messy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from imgcluster import folders
-    from imgcluster.assignment import assign
+    from imgcluster.assigning import folders
+    from imgcluster.assigning.assignment import assign
 
     src, run, _, good, *_ = messy
     out = tmp_path / "out"
@@ -202,7 +203,7 @@ def test_unwritable_outputs_are_one_line_naming_the_path(
 
 
 def test_dead_decode_leftovers_are_removed(tmp_path: Path, data_root: Path) -> None:
-    from imgcluster.cache import build_cache, cache_key
+    from imgcluster.data.cache import build_cache, cache_key
 
     src = copy_cifar_subset(data_root, tmp_path / "src", 1)
     paths = scan_folder(src).paths
@@ -224,7 +225,7 @@ def _wait(proc: subprocess.Popen, ready, timeout: float = 120.0) -> None:
 
 def _epoch(run: Path) -> int:
     """The epoch of the checkpoint on disk (0 without one)."""
-    return int(rd.load_checkpoint(run / rd.CHECKPOINT)["epoch"]) if _has_ckpt(run) else 0
+    return int(load_checkpoint(run / rd.CHECKPOINT)["epoch"]) if _has_ckpt(run) else 0
 
 
 def _has_ckpt(run: Path) -> bool:
@@ -317,6 +318,6 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(data_root: Path, tmp_path: 
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert f"--resume --out {run}" in " ".join(err.split())
-    state = rd.load_checkpoint(run / rd.CHECKPOINT)  # intact
+    state = load_checkpoint(run / rd.CHECKPOINT)  # intact
     history = rd.read_history(run / rd.HISTORY)
     assert [r["epoch"] for r in history][: state["epoch"]] == list(range(1, state["epoch"] + 1))

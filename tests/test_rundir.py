@@ -9,12 +9,15 @@ import pytest
 from conftest import dead_pid
 
 from imgcluster import rundir as rd
+from imgcluster.atomic import atomic_write_text, process_alive
+from imgcluster.errors import RunError
+from imgcluster.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path: Path) -> None:
     target = tmp_path / "history.jsonl"
     target.write_text("old\n")
-    rd.atomic_write_text(target, "new\n")
+    atomic_write_text(target, "new\n")
     assert target.read_text() == "new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.jsonl"]
 
@@ -27,22 +30,22 @@ def test_write_removes_the_temporaries_of_killed_writes_only(tmp_path: Path) -> 
     user = tmp_path / ".checkpoint.pt.tmp-notes"  # not a name this tool gives
     for p in (killed, running, other, user):
         p.write_bytes(b"x" * 1000)
-    rd.save_checkpoint(tmp_path / rd.CHECKPOINT, {"epoch": 3})
+    save_checkpoint(tmp_path / rd.CHECKPOINT, {"epoch": 3})
     assert not killed.exists()
     assert running.exists() and other.exists() and user.exists()
-    assert rd.load_checkpoint(tmp_path / rd.CHECKPOINT) == {"epoch": 3}
+    assert load_checkpoint(tmp_path / rd.CHECKPOINT) == {"epoch": 3}
     rd.write_json(tmp_path / rd.CONFIG, {"k": 2})
     assert not other.exists()
 
 
 def test_process_alive() -> None:
-    assert rd.process_alive(os.getpid()) and rd.process_alive(os.getppid())
+    assert process_alive(os.getpid()) and process_alive(os.getppid())
     if os.name == "posix":
-        assert not rd.process_alive(dead_pid())
+        assert not process_alive(dead_pid())
 
 
 def test_failed_write_is_one_clear_error_and_no_temporary(tmp_path: Path) -> None:
     folder = tmp_path / "gone"
-    with pytest.raises(rd.RunError, match="cannot write"):
-        rd.atomic_write_text(folder / "x.json", "{}")
+    with pytest.raises(RunError, match="cannot write"):
+        atomic_write_text(folder / "x.json", "{}")
     assert not folder.exists()

@@ -1,4 +1,4 @@
-"""Tests for imgcluster.scan: which entries of a folder tree become candidate images."""
+"""Tests for imgcluster.data.scan: which entries of a folder tree become candidate images."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imgcluster.scan import IMAGE_EXTENSIONS, scan_folder
+from imgcluster.data.scan import IMAGE_EXTENSIONS, scan_folder
 
 
 def _img(path: Path) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgcluster.schedule import cosine_lr, epochs_for_budget
+from imgcluster.train.schedule import cosine_lr, epochs_for_budget
 
 
 def test_cosine_end_points_and_midpoint():

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from imgcluster.config import RunConfig, SCLConfig
-from imgcluster.scl import CLUSTERING, SCL, UNDER
-from imgcluster.train import make_optimizer, train_step
+from imgcluster.method.scl import CLUSTERING, SCL, UNDER
+from imgcluster.train.step import make_optimizer, train_step
 
 
 def small_model(n: int = 64, **scl) -> SCL:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imgcluster import workers
+from imgcluster.data import workers
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,7 @@ def test_set_up_runs_in_each_worker(monkeypatch: pytest.MonkeyPatch) -> None:
 
 OWNER_KILLED = """
 import os, signal
-from imgcluster import workers
+from imgcluster.data import workers
 if __name__ == "__main__":
     pool = workers.worker_pool(1)
     print(pool.submit(os.getpid).result(), flush=True)

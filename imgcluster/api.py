@@ -1,0 +1,272 @@
+"""The library's public functions, each a short list of steps: what every command runs.
+
+- :func:`fit`: settings resolved → run directory → images decoded once (the cache) → training
+  (:mod:`imgcluster.train.trainer`) → assignments.csv → model.onnx (checked) → the report.
+- :func:`resume`: the same run directory's training continued from its checkpoint.
+- ``assign`` (:mod:`imgcluster.assigning.assignment`): a folder through model.onnx → clusters,
+  assignments.csv and cluster folders; needs onnxruntime, not torch.
+- ``evaluate`` (:mod:`imgcluster.scoring.evaluate`): assignments against a labels file.
+- ``export_onnx`` (:mod:`imgcluster.export`) and ``report`` (:mod:`imgcluster.reporting.page`).
+
+Under torchrun every rank calls :func:`fit` (docs/distributed.md): rank 0 chooses the run
+directory, builds the decode cache first, writes every file and reports progress; all ranks
+train. Importing this module is cheap: torch loads when a function that needs it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgcluster import __version__
+from imgcluster import rundir as rd
+from imgcluster.config import RunConfig, resolve
+from imgcluster.errors import RunError
+from imgcluster.events import Callback, Progress, message, silent
+
+if TYPE_CHECKING:
+    import torch
+
+    from imgcluster.data.sources import Images
+    from imgcluster.train.distributed import World
+
+# What fit still does after its last epoch, counted against --time-budget so that the command
+# ends within it: the ONNX export with its check, and the report (measured on the 2-core CPU
+# for the demo's 1,797 images: 5.3 s and 10.7 s; the report's t-SNE is capped at 2,000 images).
+EXPORT_SECONDS, REPORT_SECONDS = 5.0, 11.0
+
+# The other public functions, loaded on first use (assign must not load torch).
+_ELSEWHERE = {
+    "assign": "imgcluster.assigning.assignment",
+    "evaluate": "imgcluster.scoring.evaluate",
+    "export_onnx": "imgcluster.export",
+    "report": "imgcluster.reporting.page",
+    "score": "imgcluster.scoring.metrics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ELSEWHERE:
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
+    raise AttributeError(f"module 'imgcluster.api' has no attribute {name!r}")
+
+
+@dataclass
+class FitResult:
+    """What a finished ``fit`` produced (the same facts are in the run directory)."""
+
+    run_dir: Path
+    config: RunConfig
+    paths: list[str]
+    clusters: np.ndarray
+    confidence: np.ndarray
+    skipped: list[tuple[str, str]]
+    epochs: int
+    device: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fit(
+    config: RunConfig,
+    out: Path | None = None,
+    *,
+    callback: Callback | None = None,
+    report: bool = True,
+) -> FitResult:
+    """Train SCL on ``config.data.source`` (a folder, or a benchmark set's name) into the new
+    run directory ``out`` (default: ``runs/<source name>``, numbered).
+
+    At the end the model is exported to ``model.onnx`` (checked against torch) and, unless
+    ``report`` is False, the HTML report is written to ``report/``. Raises :class:`RunError`
+    (one-line message) for anything the user can fix. Under torchrun (``WORLD_SIZE`` > 1) only
+    rank 0 writes the run directory and calls ``callback``; the other ranks' results have no
+    clusters.
+    """
+    out = Path(out) if out is not None else None
+    return _on_every_rank(config, out, False, True, callback, report)
+
+
+def resume(
+    run_dir: Path,
+    changes: dict[str, dict[str, Any]] | None = None,
+    *,
+    callback: Callback | None = None,
+    report: bool = True,
+) -> FitResult:
+    """Continue the run in ``run_dir`` from its last checkpoint.
+
+    The run keeps its settings (config.json) but for ``changes``, given per section as for
+    :meth:`RunConfig.replace` (e.g. ``{"optim": {"epochs": 300, "time_budget_minutes": 10}}``):
+    a new epoch count replaces the planned one, a time budget is this command's. Settings that
+    shape the checkpoint (source, k, backbone, ...) cannot change.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / rd.CONFIG).is_file():
+        raise RunError(f"nothing to resume in {run_dir}: no run was started there")
+    saved = RunConfig.from_dict(rd.read_json(run_dir / rd.CONFIG))
+    try:
+        config = saved.replace(**(changes or {}))
+    except TypeError as e:
+        raise RunError(f"cannot resume with {changes}: {e}") from e
+    budgeted = "time_budget_minutes" in (changes or {}).get("optim", {})
+    return _on_every_rank(config, run_dir, True, budgeted, callback, report)
+
+
+def _on_every_rank(
+    config: RunConfig,
+    out: Path | None,
+    resuming: bool,
+    budgeted: bool,
+    callback: Callback | None,
+    report: bool,
+) -> FitResult:
+    """Join the process group (torchrun) and run fit or resume on this rank."""
+    from imgcluster.train.device import resolve_device
+    from imgcluster.train.distributed import process_group
+
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        try:
+            config.validate()
+            device = resolve_device(config.optim.device)
+            world, device = stack.enter_context(process_group(device))
+            config = resolve(config, device.type)
+        except ValueError as e:
+            raise RunError(str(e)) from e
+        callback = callback if callback is not None and world.is_main else silent
+        return _run(config, out, resuming, budgeted, report, callback, world, device, start)
+
+
+def _run(
+    config: RunConfig,
+    out: Path | None,
+    resuming: bool,
+    budgeted: bool,
+    report: bool,
+    callback: Callback,
+    world: World,
+    device: torch.device,
+    start: float,
+) -> FitResult:
+    """The steps of fit or resume (``resuming``) on one rank (the only one without torchrun).
+
+    ``budgeted``: the time budget (``optim.time_budget_minutes``) applies to this command; a
+    resumed run is budgeted only when its command gives a budget.
+    """
+    from imgcluster.data import sources
+    from imgcluster.train.allocator import release_free_memory
+    from imgcluster.train.checkpoint import check_resumable, load_checkpoint
+    from imgcluster.train.distributed import broadcast_object, main_decides, main_first
+    from imgcluster.train.trainer import (
+        Trainer,
+        final_probabilities,
+        fitted_to_images,
+        start_history,
+        train_epochs,
+    )
+
+    if not (config.data.source or config.data.benchmark):
+        raise RunError("no source folder given")
+    state = None
+    if not resuming:
+        out = main_decides(lambda: new_run_dir(config, out))  # rank 0 numbers it
+    else:
+        assert out is not None
+        if broadcast_object((out / rd.CHECKPOINT).exists()):  # rank 0's view decides
+            state = load_checkpoint(out / rd.CHECKPOINT)
+            check_resumable(RunConfig.from_dict(state["config"]), config)
+        else:
+            message(callback, "no checkpoint yet: starting the run over")
+    callback(Progress("run_dir", info={"path": str(out)}))
+    images = main_first(lambda: sources.load(config, [out], callback))  # one decode
+    sources.check_enough(images, config.scl.k or 0)
+    if len(images.cache.paths) < 2 * world.world_size:  # a batch of at least 2 on every rank
+        raise RunError(f"{len(images.cache.paths)} images cannot feed {world.world_size} processes")
+    try:
+        config = fitted_to_images(images.config(config), images.cache.images)
+    except ValueError as e:
+        raise RunError(str(e)) from e
+    truth = _known_classes(config, images, out, world.is_main)
+    if world.is_main:
+        meta = {"version": __version__, "world_size": world.world_size}
+        rd.write_json(out / rd.CONFIG, {**config.to_dict(), **meta})
+        rd.write_skipped(out / rd.SKIPPED, images.cache.skipped)
+    trainer = Trainer(config, images.cache, device, world, truth)
+    if state is not None and config.optim.epochs != state["config"]["optim"]["epochs"]:
+        state["epochs_total"] = config.optim.epochs  # a new epoch count replaces the plan
+    history = start_history(trainer, out, state)
+    finish = EXPORT_SECONDS + (REPORT_SECONDS if report else 0.0)
+    budget = config.optim.time_budget_minutes if budgeted else None
+    budget_s = budget * 60.0 - finish if budget is not None else None
+    train_epochs(trainer, out, history, callback, budget_s, start)
+    release_free_memory()  # the pages kept for the steps: not needed by the export
+    clusters, confidence = np.zeros(0, dtype=np.int64), np.zeros(0)  # other ranks: no result
+    if world.is_main:
+        probs, centroids = final_probabilities(trainer)
+        clusters, confidence = most_likely(probs)
+        rd.write_assignments(out / rd.ASSIGNMENTS, images.cache.paths, clusters, confidence)
+        if centroids is not None:
+            rd.write_centroids(out / rd.CENTROIDS, centroids)
+        _export_and_report(out, images.cache.images, report, callback)
+    return FitResult(out, config, images.cache.paths, clusters, confidence, images.cache.skipped,
+                     trainer.epoch, str(device), history)  # fmt: skip
+
+
+def most_likely(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster (argmax) and confidence (its probability) of each row of N×C probabilities."""
+    clusters = probs.argmax(axis=1)
+    return clusters.astype(np.int64), probs[np.arange(len(probs)), clusters]
+
+
+def _known_classes(
+    config: RunConfig, images: Images, out: Path, is_main: bool
+) -> np.ndarray | None:
+    """The images' classes when known (a benchmark set, or ``--labels``), copied into the run's
+    labels.csv for ``eval``; read only to score each epoch."""
+    from imgcluster.data.sources import known_classes
+
+    classes = images.classes
+    if classes is None and config.data.labels:
+        classes = known_classes(images.cache.paths, Path(config.data.labels), images.root).tolist()
+    if classes is None:
+        return None
+    if is_main:  # under torchrun only rank 0 writes the run directory
+        rd.write_labels(out / rd.LABELS, images.cache.paths, classes)
+    return np.asarray(classes)
+
+
+def new_run_dir(config: RunConfig, out: Path | None) -> Path:
+    """The run directory of a new run: ``out``, or ``runs/<source name>`` numbered. A folder
+    that holds a run is refused; one whose run never saved a checkpoint (killed or failed
+    early) holds nothing to lose and is started over."""
+    if out is None:
+        name = config.data.benchmark or Path(config.data.source).name or "run"
+        out = rd.numbered_run_dir(Path("runs"), name)
+    elif (out / rd.CHECKPOINT).exists():
+        raise RunError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create {out}: {e.strerror or e}") from e
+    return out
+
+
+def _export_and_report(out: Path, images: np.ndarray, report: bool, callback: Callback) -> None:
+    """model.onnx for ``assign`` (and the report); then the report unless ``report`` is False."""
+    from imgcluster.export import export_onnx
+
+    exported = export_onnx(out, images=images)
+    message(callback, f"model.onnx: onnxruntime agrees with torch (max abs diff "
+            f"{exported.max_abs_diff:.1e}, argmax {exported.argmax_agreement:.0%} of "
+            f"{exported.checked_images} images)")  # fmt: skip
+    if report:
+        from imgcluster.reporting.page import report as write_report
+
+        page = write_report(out, images=images)
+        message(callback, f"report: {page.path}")

@@ -1,0 +1,1 @@
+"""Assigning images with an exported model: onnxruntime inference and cluster folders."""

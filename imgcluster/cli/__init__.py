@@ -1,0 +1,19 @@
+"""The ``imgcluster`` command line: options → config → one library call → a rich summary.
+
+Only this package prints. One module per command; :mod:`imgcluster.cli.app` holds the app and
+what every command shares, :mod:`imgcluster.cli.progress` draws the library's progress events.
+Heavy libraries (torch, faiss, onnxruntime) are imported inside the commands, so ``--help``
+stays instant.
+"""
+
+from __future__ import annotations
+
+from imgcluster.cli import assign, demo, evaluate, fit  # noqa: F401  (each adds its command)
+from imgcluster.cli.app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

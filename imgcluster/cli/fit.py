@@ -1,0 +1,296 @@
+"""``imgcluster fit``: train SCL on a folder (or a benchmark set), or resume a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from imgcluster.cli.app import app, console, fail, out_console, start_decoders
+from imgcluster.cli.progress import Bars
+from imgcluster.config import RunConfig, with_preset
+
+# CLI option → (config section, field). One table, so a setting has one name everywhere.
+OPTION_FIELDS: dict[str, tuple[str, str]] = {
+    "k": ("scl", "k"),
+    "method": ("scl", "method"),
+    "momentum": ("scl", "momentum"),
+    "memory_size": ("scl", "memory_size"),
+    "temperature": ("scl", "temperature"),
+    "cross_cluster": ("scl", "cross_cluster"),
+    "online_cd": ("scl", "online_cd"),
+    "hard_mining": ("scl", "hard_mining"),
+    "balance": ("scl", "balance"),
+    "warmup": ("scl", "warmup"),
+    "backbone": ("model", "backbone"),
+    "projector_bn": ("model", "projector_bn"),
+    "image_size": ("data", "image_size"),
+    "workers": ("data", "workers"),
+    "cache_dir": ("data", "cache_dir"),
+    "follow_links": ("data", "follow_links"),
+    "labels": ("data", "labels"),
+    "augment": ("data", "augment"),
+    "data_root": ("data", "data_root"),
+    "download": ("data", "download"),
+    "epochs": ("optim", "epochs"),
+    "batch_size": ("optim", "batch_size"),
+    "lr": ("optim", "lr"),
+    "head_lr_scale": ("optim", "head_lr_scale"),
+    "time_budget": ("optim", "time_budget_minutes"),
+    "seed": ("optim", "seed"),
+    "device": ("optim", "device"),
+    "compile": ("optim", "compile"),
+}
+
+
+def changes_of(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The settings the user gave (options not None), per config section."""
+    sections: dict[str, dict[str, Any]] = {}
+    for option, value in options.items():
+        if value is not None:
+            section, name = OPTION_FIELDS[option]
+            sections.setdefault(section, {})[name] = value
+    return sections
+
+
+@app.command()
+def fit(
+    source: Path | None = typer.Argument(
+        None,
+        help="Folder of images (searched recursively), or a benchmark set: cifar10, "
+        "cifar100-20, stl10, imagenet10, imagenet-dogs, tiny-imagenet (with --data-root). "
+        "Optional with --resume.",
+    ),
+    k: int | None = typer.Option(
+        None, "--k", "-k", help="Number of clusters \\[default: a benchmark's classes, else 10]."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run directory \\[default: runs/<folder name>, numbered]."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out; options given change its settings."
+    ),
+    epochs: int | None = typer.Option(
+        None, help="Epochs \\[default: 200; with --time-budget as many as fit, at most 1000]."
+    ),
+    time_budget: float | None = typer.Option(
+        None,
+        "--time-budget",
+        help="Minutes for the whole run: the first epoch is timed and the epoch count set so the "
+        "run, cosine schedule complete, ends in time (with --resume: for this command). "
+        "Recommended on a CPU.",
+    ),
+    backbone: str | None = typer.Option(
+        None,
+        help="auto | resnet34 | resnet18 | small. auto: resnet34 on a GPU (the paper's), small on "
+        "a CPU (best clusters within a CPU time budget, see docs/benchmarks.md).",
+    ),
+    image_size: int | None = typer.Option(
+        None,
+        "--image-size",
+        help="Side S of the square training images \\[default: 32 when the images are up to "
+        "~48 px, else 96].",
+    ),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        help="Batch size \\[default: 256, smaller for small folders so an epoch has 32 steps, "
+        "at least 32]; under torchrun per process (docs/distributed.md).",
+    ),
+    lr: float | None = typer.Option(None, help="Learning rate \\[default: 0.03, cosine schedule]."),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda \\[default: auto]."),
+    seed: int | None = typer.Option(None, help="Random seed; CPU runs are reproducible \\[0]."),
+    method: str | None = typer.Option(
+        None, help="scl, or moco-kmeans: the paper's baseline (instance contrast, then k-means)."
+    ),
+    momentum: float | None = typer.Option(
+        None,
+        help="Momentum encoder m \\[default: 0.99; the paper's 0.9 learns far slower in the "
+        "runs a CPU can make, docs/benchmarks.md].",
+    ),
+    head_lr_scale: float | None = typer.Option(
+        None, "--head-lr-scale", help="Cluster heads learn at this × the learning rate \\[100]."
+    ),
+    no_projector_bn: bool = typer.Option(
+        False, "--no-projector-bn", help="No batch norm in the projection MLP (MoCo v2's as is)."
+    ),
+    memory_size: int | None = typer.Option(
+        None, "--memory-size", help="K: keys in the semantic memory \\[default: 4096, ≤ images]."
+    ),
+    temperature: float | None = typer.Option(None, help="τ \\[default: 0.1]."),
+    no_cross_cluster: bool = typer.Option(
+        False, "--no-cross-cluster", help="Ablation: every bank is a negative (no Eq. 2)."
+    ),
+    no_online_cd: bool = typer.Option(
+        False, "--no-online-cd", help="Ablation: labels from the memory's p̃, not the classifier."
+    ),
+    no_hard_mining: bool = typer.Option(
+        False, "--no-hard-mining", help="Ablation: plain mean of L_ID (no Eq. 6 weights)."
+    ),
+    balance: int | None = typer.Option(
+        None,
+        help="Label update: Sinkhorn iterations towards equal cluster sizes \\[default: 3; "
+        "0 = plain argmax, the paper's].",
+    ),
+    workers: int | None = typer.Option(
+        None, help="Decoders: this process and N-1 worker processes \\[default: all cores]."
+    ),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Decode cache folder \\[default: ~/.cache/imgcluster]."
+    ),
+    follow_links: bool = typer.Option(
+        False, "--follow-links", help="Follow symbolic links out of the source folder."
+    ),
+    data_root: Path | None = typer.Option(
+        None,
+        "--data-root",
+        help="Folder holding the benchmark set's files (torchvision's, an ImageNet train "
+        "folder, or <class>/<image> folders) \\[default: ./data].",
+    ),
+    download: bool = typer.Option(
+        False, "--download", help="Fetch cifar10, cifar100-20 or stl10 into --data-root first."
+    ),
+    warmup: float | None = typer.Option(
+        None,
+        help="Share of the epochs that train the features alone before the clusters start from "
+        "k-means on them \\[default: 0, the paper's].",
+    ),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        help="paper: the paper's settings (ResNet-34, momentum 0.9, batch 256, lr 0.03, 200 "
+        "epochs, colour views, no balancing), to reproduce its Table 1; your other options "
+        "still apply.",
+    ),
+    augment: str | None = typer.Option(
+        None,
+        help="Views: colour (the paper's), greyscale (no flips, milder crops) \\[default: "
+        "auto, chosen from the images].",
+    ),
+    labels: Path | None = typer.Option(
+        None,
+        "--labels",
+        help="labels.csv (path,label) of every image, read only to score each epoch in "
+        "history.jsonl; never used for training.",
+    ),
+    no_report: bool = typer.Option(
+        False,
+        "--no-report",
+        help="Skip the HTML report at the end (model.onnx is still exported).",
+    ),
+    compile_step: bool | None = typer.Option(
+        None,
+        "--compile/--no-compile",
+        help="torch.compile the augmentation and the losses: faster steps on a GPU after "
+        "~25 s of compiling; no gain on a CPU \\[default: on a GPU].",
+    ),
+) -> None:
+    """Train SCL on a folder of images (or a benchmark set) and write a run directory."""
+    options = {
+        "k": k, "epochs": epochs, "time_budget": time_budget, "backbone": backbone,
+        "image_size": image_size, "batch_size": batch_size, "lr": lr, "device": device,
+        "seed": seed, "method": method, "momentum": momentum, "memory_size": memory_size,
+        "temperature": temperature, "workers": workers,
+        "cache_dir": str(cache_dir) if cache_dir is not None else None,
+        "cross_cluster": False if no_cross_cluster else None,
+        "online_cd": False if no_online_cd else None,
+        "hard_mining": False if no_hard_mining else None,
+        "follow_links": True if follow_links else None,
+        "head_lr_scale": head_lr_scale,
+        "projector_bn": False if no_projector_bn else None,
+        "compile": compile_step,
+        "labels": str(labels.resolve()) if labels is not None else None,
+        "augment": augment, "balance": balance, "warmup": warmup,
+        "data_root": str(data_root) if data_root is not None else None,
+        "download": True if download else None,
+    }  # fmt: skip
+    changes = changes_of(options)
+    if resume:
+        if out is None:
+            fail("--resume needs --out: the run directory to continue")
+        if source is not None or preset is not None:
+            fail("--resume continues the run in --out with its own source and settings: "
+                 "leave out SOURCE and --preset")  # fmt: skip
+        start_decoders(workers)
+        result = run_fit(lambda callback: _api().resume(out, changes, callback=callback,
+                                                         report=not no_report), out)  # fmt: skip
+    else:
+        if source is None:
+            fail("give the folder of images to cluster: imgcluster fit ./photos --k 10")
+        base = RunConfig().replace(data={"source": str(source)})
+        if preset is not None:
+            try:
+                base = with_preset(base, preset)
+            except ValueError as e:
+                fail(str(e))
+        config = base.replace(**changes)
+        start_decoders(workers)
+        result = run_fit(lambda callback: _api().fit(config, out, callback=callback,
+                                                      report=not no_report), out)  # fmt: skip
+    if result is not None:  # None on torchrun's other ranks: rank 0 reports
+        print_fit_summary(result)
+
+
+def _api() -> Any:
+    from imgcluster import api
+
+    return api
+
+
+def run_fit(job: Any, out: Path | None) -> Any:
+    """``job(callback)`` (the library's fit or resume) with progress bars; user errors become
+    one line.
+
+    Under torchrun only rank 0 draws progress and returns the result; the other ranks train
+    silently, print only their errors (naming the rank) and return None.
+    """
+    from imgcluster.errors import RunError
+    from imgcluster.events import silent
+    from imgcluster.train.distributed import env_world
+
+    try:
+        rank = env_world().rank
+    except ValueError as e:
+        fail(str(e))
+    if rank != 0:
+        try:
+            job(silent)
+        except RunError as e:
+            fail(f"rank {rank}: {e}")
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None  # rank 0 says where the checkpoint is
+        return None
+    bars = Bars(console)
+    try:
+        with bars:
+            return job(bars.update)
+    except RunError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        where = bars.run_dir or out or "<run directory>"
+        fail(f"interrupted; the last checkpoint is intact: fit --resume --out {where}", 130)
+    return None
+
+
+def print_fit_summary(result: Any) -> None:
+    """Cluster sizes and where the run directory is."""
+    import numpy as np
+
+    sizes = np.bincount(result.clusters, minlength=result.config.scl.k)
+    table = Table(title=f"{len(result.paths)} images in {result.config.scl.k} clusters")
+    table.add_column("cluster", justify="right")
+    table.add_column("images", justify="right")
+    table.add_column("mean confidence", justify="right")
+    for c, n in enumerate(sizes):
+        conf = result.confidence[result.clusters == c]
+        table.add_row(str(c), str(n), f"{conf.mean():.3f}" if n else "-")
+    out_console.print(table)
+    if result.skipped:
+        out_console.print(
+            f"{len(result.skipped)} file(s) skipped: see {escape(str(result.run_dir))}/skipped.csv"
+        )
+    where = escape(str(result.run_dir))
+    out_console.print(f"{result.epochs} epochs on {result.device}; run directory: [bold]{where}[/]")

@@ -1,0 +1,133 @@
+"""A run's images: the one path from a config's source (a folder or a benchmark set) to the cache.
+
+``fit`` loads them before training; ``export`` and ``report`` load the same images again for a
+finished run (:func:`training_images`), which costs no decoding while the files are unchanged
+(the cache is found again) and decodes them once more otherwise. Never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgcluster.config import RunConfig
+from imgcluster.data.cache import ImageCache, build_cache, cache_dir_default, default_image_size
+from imgcluster.data.scan import scan_folder
+from imgcluster.errors import RunError
+from imgcluster.events import Callback
+
+
+@dataclass
+class Images:
+    """The decoded images of a source and what was learnt reading them."""
+
+    cache: ImageCache  # cache.paths[i] is row i; skipped files are listed in cache.skipped
+    root: Path  # the folder the images were read from
+    classes: list[str] | None  # a benchmark set's class of every image, else None
+    facts: dict[str, Any]  # the config's data settings found: image size (and a set's folders)
+
+    def config(self, cfg: RunConfig) -> RunConfig:
+        """``cfg`` with the facts found filled in."""
+        return cfg.replace(data=self.facts)
+
+
+def load(cfg: RunConfig, exclude: Sequence[Path] = (), progress: Callback | None = None) -> Images:
+    """Scan the source and decode it once into the cache (or find the cache again).
+
+    A benchmark set (``data.benchmark``) comes from :mod:`imgcluster.data.benchmarks`, with
+    its classes. ``exclude``: folders inside the source to leave out (the run directory).
+    Raises :class:`RunError` for an unreadable source or cache folder.
+    """
+    if cfg.data.benchmark:
+        return _benchmark(cfg, exclude, progress)
+    root = Path(cfg.data.source)
+    try:
+        scan = scan_folder(root, exclude=list(exclude), follow_links=cfg.data.follow_links)
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        raise RunError(f"cannot read the images: {e}") from e
+    if not scan.paths:
+        raise RunError(f"no images found in {root}")
+    size = cfg.data.image_size or default_image_size(root, scan.paths)
+    folder = cache_folder(cfg)
+    try:
+        cache = build_cache(root, scan.paths, size, folder, workers=cfg.data.workers,
+                            progress=progress, stamps=scan.stamps)  # fmt: skip
+    except OSError as e:  # decode failures are skipped files: this is the cache folder (full?)
+        where = e.filename or folder
+        raise RunError(f"cannot write the decode cache {where}: {e.strerror or e}") from e
+    cache.skipped = sorted(scan.skipped + cache.skipped)
+    return Images(cache, root, None, {"image_size": size})
+
+
+def _benchmark(cfg: RunConfig, exclude: Sequence[Path], progress: Callback | None) -> Images:
+    from imgcluster.data import benchmarks
+
+    bench = benchmarks.load(
+        cfg.data.benchmark or "",
+        Path(cfg.data.data_root or benchmarks.DEFAULT_ROOT),
+        cfg.data.image_size,
+        cache_folder(cfg),
+        workers=cfg.data.workers,
+        download=cfg.data.download,
+        exclude=tuple(exclude),
+        progress=progress,
+    )
+    size = int(bench.cache.images.shape[-1])
+    facts = {"image_size": size, "source": str(bench.root), "data_root": str(bench.data_root)}
+    return Images(bench.cache, bench.root, list(bench.labels), facts)
+
+
+def cache_folder(cfg: RunConfig) -> Path:
+    """The decode cache's folder: ``data.cache_dir``, else the user's cache folder."""
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_dir_default()
+
+
+def check_enough(images: Images, k: int) -> None:
+    """Refuse a source with fewer than two usable images per cluster."""
+    n = len(images.cache.paths)
+    if n < 2 * k:
+        raise RunError(
+            f"only {n} usable image(s) in {images.root}: clustering into k={k} needs at least "
+            f"{2 * k}"
+        )
+
+
+def known_classes(paths: list[str], labels: Path, root: Path) -> np.ndarray:
+    """The class of every image from a labels file (``fit --labels``), read only to score each
+    epoch (:mod:`imgcluster.scoring.diagnostics`); every image must have one."""
+    from imgcluster.scoring.evaluate import match
+    from imgcluster.scoring.label_file import read_labels
+
+    matched = match((paths, np.zeros(len(paths), dtype=np.int64)), read_labels(labels), root)
+    if matched.only_in_assignments:
+        missing = matched.only_in_assignments
+        raise RunError(
+            f"{labels} has no label for {len(missing)} of the {len(paths)} images "
+            f"(e.g. {missing[0]}): --labels must cover every image"
+        )
+    order = {p: i for i, p in enumerate(matched.paths)}
+    return np.asarray([str(matched.classes[order[p]]) for p in paths])
+
+
+def training_images(run: Path, config: RunConfig, paths: Sequence[str]) -> np.ndarray:
+    """uint8 ``N×3×S×S`` of a finished run: row ``i`` is image ``paths[i]`` (assignments.csv
+    order). Raises :class:`RunError` when some of them can no longer be read."""
+    try:
+        cache = load(config.replace(data={"download": False}), exclude=[run]).cache
+    except RunError as e:
+        raise RunError(f"cannot read the training images of {run}: {e}") from e
+    row = {p: i for i, p in enumerate(cache.paths)}
+    missing = [p for p in paths if p not in row]
+    if missing:
+        raise RunError(
+            f"{len(missing)} training image(s) of {run} are no longer in "
+            f"{config.data.source or config.data.benchmark} (e.g. {missing[0]})"
+        )
+    rows = np.fromiter((row[p] for p in paths), dtype=np.int64, count=len(paths))
+    if np.array_equal(rows, np.arange(len(cache.paths))):
+        return cache.images  # the memory map itself, no copy
+    return cache.images[rows]

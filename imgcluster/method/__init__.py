@@ -1,0 +1,1 @@
+"""SCL itself: networks, memories, losses, pseudo labels, k-means, augmentation (docs/method.md)."""

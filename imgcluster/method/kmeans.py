@@ -1,0 +1,65 @@
+"""k-means with faiss: the one home of clustering by centroids.
+
+Used for the 2-means split of merge-and-split (ODC), the "MoCo + k-means" baseline of the paper's
+Table 2, and the raw-pixel baseline of the benchmarks. faiss trains on only
+``max_points_per_centroid · k`` points by default; we raise that limit so every point counts.
+With faiss-gpu installed (the ``gpu`` extra) and a GPU visible, faiss trains on the GPUs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def kmeans(
+    x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, nredo: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means on the rows of ``x``.
+
+    x: N×d (any float dtype; copied to contiguous float32) → (labels N int64, centroids k×d).
+    """
+    import faiss  # imported here: ~1 s, and only training paths need it
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {n} points")
+    km = faiss.Kmeans(
+        d,
+        k,
+        niter=niter,
+        nredo=nredo,
+        seed=seed,
+        verbose=False,
+        max_points_per_centroid=max(256, -(-n // k)),
+        min_points_per_centroid=1,
+        gpu=_gpus(faiss),
+    )
+    km.train(x)
+    _, assigned = km.index.search(x, 1)
+    return assigned[:, 0].astype(np.int64), np.asarray(km.centroids)
+
+
+def centroid_probabilities(
+    features: np.ndarray, labels: np.ndarray, k: int, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k-means step as a classifier, for the MoCo + k-means baseline.
+
+    Centroids: the l2-normalised mean of each cluster's unit features (``k×d``; a zero row for
+    an empty cluster). Probabilities: ``softmax(features · centroidsᵀ / τ)``, ``N×k``. Returns
+    (probabilities, centroids); ``export`` puts the same centroids into model.onnx.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    sums = np.zeros((k, features.shape[1]), dtype=np.float32)
+    np.add.at(sums, np.asarray(labels, dtype=np.int64), features)
+    centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    logits = features @ centroids.T / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    return probs / probs.sum(axis=1, keepdims=True), centroids
+
+
+def _gpus(faiss: object) -> int:
+    """GPUs faiss can use: 0 for faiss-cpu, which lacks ``get_num_gpus`` or reports none."""
+    count = getattr(faiss, "get_num_gpus", None)
+    return int(count()) if count is not None else 0

@@ -1,0 +1,1 @@
+"""Scores against known classes: metrics, label files, eval, per-epoch diagnostics."""

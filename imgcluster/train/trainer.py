@@ -1,0 +1,367 @@
+"""The trainer: one run's training state, its epochs, its checkpoints and its time budget.
+
+:class:`Trainer` holds the model, the optimiser, the generators and the epoch counters;
+:meth:`Trainer.epoch_once` trains one epoch (:func:`imgcluster.train.step.run_epoch`) and
+updates the pseudo labels (Eq. 5, merge-and-split); :func:`train_epochs` is the loop that writes
+a history line and an atomic checkpoint after every epoch and, with a time budget, re-plans the
+epoch count from the epoch times so far (:func:`imgcluster.train.schedule.epochs_for_budget`).
+
+Under torchrun every rank holds a Trainer (docs/distributed.md): rank 0 writes every file;
+the label update runs on rank 0 and is broadcast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgcluster import __version__
+from imgcluster import rundir as rd
+from imgcluster.config import RunConfig, auto_batch_size
+from imgcluster.data.cache import ImageCache
+from imgcluster.errors import RunError
+from imgcluster.events import Callback, Progress
+from imgcluster.method.augment import AUGMENTATIONS, choose_augmentation
+from imgcluster.method.kmeans import centroid_probabilities, kmeans
+from imgcluster.method.scl import CLUSTERING, SCL
+from imgcluster.scoring.diagnostics import epoch_diagnostics
+from imgcluster.scoring.metrics import cluster_accuracy
+from imgcluster.train.allocator import retain_freed_memory
+from imgcluster.train.checkpoint import save_checkpoint
+from imgcluster.train.device import DeviceImages, compile_pays, use_fast_kernels
+from imgcluster.train.distributed import (
+    World,
+    broadcast_,
+    broadcast_object,
+    gather_objects,
+)
+from imgcluster.train.schedule import epochs_for_budget, steps_per_epoch, total_steps_for
+from imgcluster.train.step import (
+    MEMORY_FORMAT,
+    PREDICT_BATCH,
+    Predictions,
+    Replica,
+    StepKernels,
+    global_batch_size,
+    make_optimizer,
+    predict_all,
+    run_epoch,
+    sync_buffers,
+    update_task_labels,
+)
+
+
+def paths_digest(paths: list[str]) -> str:
+    """Fingerprint of the image list: a resumed run must see the same images in the same order."""
+    return hashlib.sha256("\0".join(paths).encode("utf-8")).hexdigest()[:16]
+
+
+def fitted_to_images(cfg: RunConfig, images: np.ndarray) -> RunConfig:
+    """The settings chosen from the images, filled in: the augmentation ("auto": greyscale or
+    colour views) and the batch size (None: from the number of images). ValueError for an
+    unknown augmentation name."""
+    views = choose_augmentation(cfg.data.augment, images)
+    batch = cfg.optim.batch_size or auto_batch_size(len(images))
+    return cfg.replace(data={"augment": views}, optim={"batch_size": batch})
+
+
+def start_labels(features: np.ndarray, num_clusters: int, seed: int) -> np.ndarray:
+    """k-means (faiss, 5 restarts, the lowest inertia kept) on the warmed-up features → N ids."""
+    labels, _ = kmeans(features, num_clusters, seed=seed, nredo=5)
+    return labels
+
+
+class Trainer:
+    """The run's mutable state (model, optimiser, generators, epoch counters) and its epochs.
+
+    Under DDP (``world``) every rank holds one, identical but for its augmentation generator.
+    ``truth``: the classes of the images, when known (a benchmark set): every epoch's clusters
+    are then scored against them (ACC, NMI, ARI in the history record).
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        cache: ImageCache,
+        device: torch.device,
+        world: World = World(),
+        truth: np.ndarray | None = None,
+    ) -> None:
+        if cfg.scl.k is None or cfg.model.backbone == "auto" or cfg.optim.epochs is None:
+            raise ValueError("Trainer needs a resolved config (imgcluster.config.resolve)")
+        cfg = fitted_to_images(cfg, cache.images)  # fit has done it; a library caller may not
+        self.cfg, self.device, self.world, self.truth = cfg, device, world, truth
+        use_fast_kernels(device)
+        retain_freed_memory()  # each step's tensors reuse the last step's pages
+        torch.manual_seed(cfg.optim.seed)
+        n = len(cache.paths)
+        self.model = SCL(
+            cfg.model.backbone,
+            n,
+            cfg.scl,
+            cfg.model.feature_dim,
+            cfg.optim.seed,
+            projector_bn=cfg.model.projector_bn,
+        )
+        self.model.to(device, memory_format=MEMORY_FORMAT)
+        self.optimizer = make_optimizer(self.model, cfg)
+        compiled = cfg.optim.compile if cfg.optim.compile is not None else compile_pays(device)
+        views = AUGMENTATIONS[cfg.data.augment]
+        self.kernels = (StepKernels.compiled if compiled else StepKernels.eager)(self.model, views)
+        self.replica = Replica.wrap(self.model, world, device) if world.distributed else None
+        self.order_gen = torch.Generator().manual_seed(cfg.optim.seed + 1)  # same on every rank
+        # Each rank augments with its own stream; rank 0's is the single-process one.
+        aug_seed = cfg.optim.seed + 2 + 1000 * world.rank
+        self.aug_gen = torch.Generator(device=device).manual_seed(aug_seed)
+        self.images = DeviceImages(cache.images, device)
+        self.batch = global_batch_size(cfg.optim.batch_size, n, world.world_size)
+        # On a CPU the label update reuses the memory that a training step frees: in batches
+        # of the step's size its tensors fit the freed blocks, where 512s would add ~170 MB of
+        # their own to the peak (docs/benchmarks.md). A GPU's caching allocator needs no help.
+        cpu = device.type == "cpu"
+        self.predict_batch = self.batch // world.world_size if cpu else PREDICT_BATCH
+        self.digest = paths_digest(cache.paths)
+        self.epoch, self.epochs_total = 0, cfg.optim.epochs
+        self.clusters_started = cfg.scl.warmup == 0  # no warm-up: SCL from the first epoch
+        self.last_predictions: Predictions | None = None
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint; under DDP every rank must call it (it gathers each rank's generator)."""
+        state = {
+            "format": 1,
+            "version": __version__,
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "epochs_total": self.epochs_total,
+            "paths_digest": self.digest,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "order_gen": self.order_gen.get_state(),
+            "aug_gen": self.aug_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "world_size": self.world.world_size,
+            "clusters_started": self.clusters_started,
+        }
+        if self.world.distributed:
+            state["aug_gen_ranks"] = gather_objects(self.aug_gen.get_state())
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("paths_digest") != self.digest:
+            raise RunError(
+                "cannot resume: the images in the source folder changed since the checkpoint"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.order_gen.set_state(state["order_gen"])
+        ranks = state.get("aug_gen_ranks") or [state["aug_gen"]]
+        if self.world.rank < len(ranks):  # a rank the checkpoint lacks keeps its fresh stream
+            self.aug_gen.set_state(ranks[self.world.rank].to(self.aug_gen.get_state().device))
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.epochs_total = int(state["epoch"]), int(state["epochs_total"])
+        self.clusters_started = bool(state.get("clusters_started", True))
+
+    def epoch_once(self, callback: Callback) -> dict[str, Any]:
+        """Train one epoch, then update the labels; return the history record."""
+        cfg, n = self.cfg, len(self.images)
+        total = total_steps_for(self.epochs_total, n, self.batch)
+        step0 = self.epoch * steps_per_epoch(n, self.batch)
+        gens = (self.order_gen, self.aug_gen)
+        stats = run_epoch(
+            self.model,
+            self.optimizer,
+            self.images,
+            cfg,
+            gens,
+            step0,
+            total,
+            callback,
+            self.replica,
+            self.kernels,
+        )
+        if self.world.distributed:
+            sync_buffers(self.model)
+        started = time.perf_counter()
+        last = self.epoch + 1 == self.epochs_total
+        task_stats: dict[str, Any] = {}
+        diagnosed: dict[str, Any] = {}
+        warming = bool(self.model.tasks) and not self.clusters_started
+        start_now = warming and self.epoch + 1 >= self.warmup_epochs()
+        if (self.model.tasks and not warming) or start_now or last or self.truth is not None:
+            callback(Progress("labels", 0, 1))
+            self.last_predictions = self.predict(memory=self.truth is not None)
+            seed = cfg.optim.seed + self.epoch
+            if start_now:
+                task_stats = self.start_clusters(seed)
+            elif not warming:
+                task_stats = self.update_labels(seed)
+            if self.world.is_main:
+                diagnosed = self.diagnose(self.last_predictions)
+        self.epoch += 1
+        record = history_record(self.epoch, stats, task_stats, time.perf_counter() - started)
+        return {**record, **diagnosed}
+
+    def diagnose(self, preds: Predictions) -> dict[str, Any]:
+        """The epoch's diagnostics (imgcluster.scoring.diagnostics): label-free ones always,
+        scores of
+        each output against the classes when they are known, and of the updated pseudo labels."""
+        pseudo = None
+        if self.truth is not None and CLUSTERING in self.model.tasks:
+            labels = self.model.task(CLUSTERING).labels.cpu().numpy()  # on the device
+            pseudo = cluster_accuracy(labels, self.truth)
+        record = epoch_diagnostics(
+            preds.features,
+            preds.probs.get(CLUSTERING),
+            preds.memory_probs.get(CLUSTERING),
+            self.truth,
+            self.cfg.scl.k,
+            self.cfg.optim.seed,
+        )
+        return record if pseudo is None else {**record, "pseudo_label_acc": pseudo}
+
+    def predict(self, memory: bool = False) -> Predictions:
+        """All N images through the final model; under DDP each rank predicts a share.
+        ``memory``: also the memory's p̃ (Eq. 3), for the diagnostics."""
+        temperature = self.cfg.scl.temperature
+        return predict_all(
+            self.model, self.images, temperature, self.world, self.predict_batch, memory
+        )
+
+    def warmup_epochs(self) -> int:
+        """Epochs before the clusters start from k-means (``SCLConfig.warmup`` of the run; the
+        last epoch is never one of them). Until then the pseudo labels stay as drawn."""
+        return min(round(self.cfg.scl.warmup * self.epochs_total), self.epochs_total - 1)
+
+    def start_clusters(self, seed: int) -> dict[str, Any]:
+        """End of the warm-up: every task's labels from k-means on the features (rank 0's,
+        broadcast), its banks and head started from them (:meth:`ClusteringTask.start_from`)."""
+        preds = self.last_predictions
+        assert preds is not None
+        features = torch.from_numpy(preds.features).to(self.device)
+        stats: dict[str, Any] = {}
+        for name, task in self.model.tasks.items():
+            old = task.labels.cpu().numpy().copy()
+            new = torch.from_numpy(start_labels(preds.features, task.num_clusters, seed))
+            new = new.to(task.labels.device)
+            if self.world.distributed:
+                broadcast_(new)
+            task.start_from(new, features, self.cfg.scl.temperature)
+            for param in task.head.parameters():  # its SGD momentum led to the old head
+                self.optimizer.state.pop(param, None)
+            sizes = torch.bincount(new.cpu(), minlength=task.num_clusters)
+            flips = int((torch.from_numpy(old) != new.cpu()).sum())
+            stats[name] = {"cluster_sizes": sizes.tolist(), "label_flips": flips}
+        self.clusters_started = True
+        return stats
+
+    def update_labels(self, seed: int) -> dict[str, Any]:
+        """Eq. 5 with merge-and-split on the gathered predictions: on rank 0 only, its labels and
+        flip counts then broadcast, so every rank holds the same ones."""
+        stats: dict[str, Any] = {}
+        if self.world.is_main:
+            assert self.last_predictions is not None
+            min_size = self.cfg.scl.min_cluster_size
+            stats = update_task_labels(self.model, self.last_predictions, min_size, seed)
+        if self.world.distributed:
+            for task in self.model.tasks.values():
+                broadcast_(task.labels)
+                broadcast_(task.flips)
+            stats = broadcast_object(stats)
+        return stats
+
+
+def history_record(
+    epoch: int, stats: dict[str, Any], task_stats: dict[str, Any], label_seconds: float
+) -> dict[str, Any]:
+    """One history.jsonl line: losses, lr, cluster sizes, label flips, speed, time."""
+    record = {"epoch": epoch, **{k: v for k, v in stats.items() if k != "train_seconds"}}
+    for name, s in task_stats.items():
+        prefix = "" if name == CLUSTERING else f"{name}_"
+        record[f"{prefix}cluster_sizes"] = s["cluster_sizes"]
+        record[f"{prefix}label_flips"] = s["label_flips"]
+    record["label_update_seconds"] = label_seconds
+    record["seconds"] = stats["train_seconds"] + label_seconds
+    return record
+
+
+def final_probabilities(trainer: Trainer) -> tuple[np.ndarray, np.ndarray | None]:
+    """N×k cluster probabilities of every image from the final model, and the centroids that
+    gave them (None for SCL).
+
+    SCL: the 'clustering' head's softmax (Eq. 4's p). The MoCo + k-means baseline: k-means
+    (faiss) on the features, then the classifier :func:`centroid_probabilities` makes of its
+    clusters; ``export`` puts the same centroids into model.onnx.
+    """
+    preds = trainer.last_predictions
+    assert preds is not None
+    cfg = trainer.cfg
+    if CLUSTERING in preds.probs:
+        return preds.probs[CLUSTERING], None
+    labels, _ = kmeans(preds.features, cfg.scl.k, seed=cfg.optim.seed, nredo=3)
+    return centroid_probabilities(preds.features, labels, cfg.scl.k, cfg.scl.temperature)
+
+
+def start_history(trainer: Trainer, out: Path, state: dict | None) -> list[dict[str, Any]]:
+    """Fresh history, or (resuming from ``state``) the checkpoint's epochs of the old one:
+    later lines, written after the checkpoint, are dropped."""
+    if state is None:
+        if trainer.world.is_main:
+            rd.write_history(out / rd.HISTORY, [])
+        return []
+    trainer.load_state(state)
+    history = [r for r in rd.read_history(out / rd.HISTORY) if r["epoch"] <= trainer.epoch]
+    if trainer.world.is_main:
+        rd.write_history(out / rd.HISTORY, history)
+    return history
+
+
+def train_epochs(
+    trainer: Trainer,
+    out: Path,
+    history: list[dict[str, Any]],
+    callback: Callback,
+    budget_s: float | None = None,
+    start: float | None = None,
+) -> None:
+    """The epoch loop: epoch → history line → checkpoint, until the planned epoch count.
+
+    ``budget_s``: seconds this command may train for, counted from ``start`` (a
+    ``time.perf_counter()`` value; default now), decoding included when the caller started the
+    clock before it. The epoch count is then set after the first epoch and re-planned after each
+    later one from the median epoch time so far, so that one slow epoch (a cold start, a busy
+    machine) neither cuts the run short nor lets it overrun; a resumed run's budget is that of
+    the resuming command.
+    """
+    start = time.perf_counter() if start is None else start
+    seconds: list[float] = []
+    while trainer.epoch < trainer.epochs_total:
+        record = trainer.epoch_once(callback)
+        seconds.append(record["seconds"])
+        if budget_s is not None:
+            epochs_total = epochs_for_budget(
+                budget_s,
+                time.perf_counter() - start,
+                float(np.median(seconds)),
+                trainer.epoch,
+                trainer.cfg.optim.epochs,
+            )
+            trainer.epochs_total = broadcast_object(epochs_total)  # rank 0's clock decides
+        record.update(
+            epochs_total=trainer.epochs_total,
+            device=str(trainer.device),
+            world_size=trainer.world.world_size,
+            elapsed_seconds=time.perf_counter() - start,
+        )
+        history.append(record)
+        state = trainer.state()  # every rank: under DDP it gathers the ranks' generators
+        if trainer.world.is_main:
+            rd.write_history(out / rd.HISTORY, history)
+            save_checkpoint(out / rd.CHECKPOINT, state)
+        callback(Progress("epoch", trainer.epoch, trainer.epochs_total, record))
+    if trainer.last_predictions is None:  # a resumed finished run, or the baseline's budget cut
+        trainer.last_predictions = trainer.predict()

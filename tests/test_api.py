@@ -1,0 +1,181 @@
+"""The library's fit on real images: reproducibility, time budget, ablations, baseline, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import copy_cifar_subset
+
+from imgcluster.api import fit, resume
+from imgcluster.config import RunConfig
+from imgcluster.errors import RunError
+from imgcluster.rundir import CHECKPOINT, HISTORY, read_assignments
+
+PER_CLASS = 10
+
+
+@pytest.fixture(scope="module")
+def tiny(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 real CIFAR-10 images of each class."""
+    return copy_cifar_subset(data_root, tmp_path_factory.mktemp("tiny"), PER_CLASS)
+
+
+def config(source: Path, **optim) -> RunConfig:
+    return RunConfig().replace(
+        data={"source": str(source), "workers": 1},
+        model={"backbone": "small"},
+        scl={"k": 4},
+        optim={"epochs": 2, "batch_size": 25, "device": "cpu", **optim},
+    )
+
+
+def test_same_seed_same_clusters(tiny: Path, tmp_path: Path):
+    a = fit(config(tiny, seed=3), tmp_path / "a")
+    b = fit(config(tiny, seed=3), tmp_path / "b")
+    assert a.paths == b.paths
+    assert np.array_equal(a.clusters, b.clusters)
+    assert np.allclose(a.confidence, b.confidence)
+    assert read_assignments(tmp_path / "a" / "assignments.csv")[0] == a.paths
+
+
+def test_time_budget_sets_the_epoch_count(tiny: Path, tmp_path: Path):
+    result = fit(config(tiny, epochs=500, time_budget_minutes=0.2), tmp_path / "r")
+    history = [json.loads(x) for x in (tmp_path / "r" / HISTORY).read_text().splitlines()]
+    assert 1 <= result.epochs < 500
+    assert history[-1]["epochs_total"] == result.epochs == len(history)
+
+
+def test_time_budget_keeps_time_for_export_and_report(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A budget that the work after training would use up leaves room for the first epoch only
+    (a budget never undoes an epoch); without the report that work is shorter."""
+    import imgcluster.api as pipeline
+
+    monkeypatch.setattr(pipeline, "REPORT_SECONDS", 3600.0)
+    cfg = config(tiny, epochs=3, time_budget_minutes=30)
+    assert fit(cfg, tmp_path / "r").epochs == 1
+    monkeypatch.setattr(pipeline, "EXPORT_SECONDS", 0.0)
+    assert fit(cfg, tmp_path / "s", report=False).epochs == 3
+
+
+@pytest.mark.parametrize(
+    "switch", [{"cross_cluster": False}, {"online_cd": False}, {"hard_mining": False}]
+)
+def test_ablation_switches_train(tiny: Path, tmp_path: Path, switch: dict):
+    cfg = config(tiny).replace(scl=switch)
+    result = fit(cfg, tmp_path / "r")
+    assert len(result.clusters) == 10 * PER_CLASS
+
+
+def test_moco_kmeans_baseline_uses_every_cluster(tiny: Path, tmp_path: Path):
+    cfg = config(tiny).replace(scl={"method": "moco-kmeans"})
+    result = fit(cfg, tmp_path / "r")
+    assert set(result.clusters.tolist()) == set(range(4))
+    assert ((result.confidence > 0) & (result.confidence <= 1)).all()
+
+
+def test_resume_without_checkpoint_starts_over(tiny: Path, tmp_path: Path):
+    run = tmp_path / "r"
+    fit(config(tiny, epochs=1), run)
+    (run / CHECKPOINT).unlink()  # as if killed before the first checkpoint
+    messages = []
+    result = resume(run, {"optim": {"epochs": 1}}, callback=messages.append)
+    assert result.epochs == 1
+    assert any(m.stage == "message" and "starting" in m.info["text"] for m in messages)
+
+
+def test_a_time_budget_given_to_resume_is_kept(tiny: Path, tmp_path: Path):
+    """--time-budget on --resume bounds the resumed command (it used to be dropped): a budget
+    smaller than the export leaves room for one more epoch only."""
+    run = tmp_path / "r"
+    fit(config(tiny, epochs=1), run)
+    result = resume(run, {"optim": {"epochs": 50, "time_budget_minutes": 0.01}}, report=False)
+    assert result.epochs == 2
+    # Without a budget of its own, a resumed run keeps its plan (here the new epoch count).
+    assert resume(run, {"optim": {"epochs": 3}}, report=False).epochs == 3
+
+
+def test_resume_refuses_a_changed_folder(tiny: Path, tmp_path: Path):
+    source = tmp_path / "src"
+    shutil.copytree(tiny, source)
+    fit(config(source, epochs=1), tmp_path / "r")
+    shutil.copy(source / "cat" / "0000.jpg", source / "cat" / "extra.jpg")
+    with pytest.raises(RunError, match="changed"):
+        resume(tmp_path / "r", {"optim": {"epochs": 2}})
+
+
+def test_malicious_checkpoint_is_refused_and_never_runs(tiny: Path, tmp_path: Path):
+    run = tmp_path / "r"
+    fit(config(tiny, epochs=1), run)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    import pickle
+
+    (run / CHECKPOINT).write_bytes(pickle.dumps({"epoch": Payload()}))
+    with pytest.raises(RunError, match="refusing"):
+        resume(run, {"optim": {"epochs": 2}})
+    assert not marker.exists()
+
+
+def write_class_labels(folder: Path) -> Path:
+    """labels.csv of a ``<class>/<image>`` folder, each image's class its folder's name."""
+    rows = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+    file = folder.parent / f"{folder.name}-labels.csv"
+    file.write_text("path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rows))
+    return file
+
+
+def test_labels_score_every_epoch_and_never_change_the_run(tiny: Path, tmp_path: Path):
+    """--labels adds the diagnostics to every history line and leaves training as it was."""
+    labels = write_class_labels(tiny)
+    scored = fit(config(tiny, seed=1).replace(data={"labels": str(labels)}), tmp_path / "a")
+    plain = fit(config(tiny, seed=1), tmp_path / "b")
+    assert np.array_equal(scored.clusters, plain.clusters)
+    for record in scored.history:
+        for key in ("acc", "nmi", "memory_acc", "kmeans_acc", "knn_agreement",
+                    "pseudo_label_acc", "feature_spread", "largest_cluster_ratio"):  # fmt: skip
+            assert 0.0 <= record[key] <= 10.0, key
+    assert "acc" not in plain.history[-1] and "feature_spread" in plain.history[-1]
+    kept = (tmp_path / "a" / "labels.csv").read_text().splitlines()
+    assert kept[0] == "path,label" and len(kept) == 1 + 10 * PER_CLASS
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["data"]["augment"] == "colour" and saved["optim"]["batch_size"] == 25
+
+
+def test_labels_must_cover_every_image(tiny: Path, tmp_path: Path):
+    labels = write_class_labels(tiny)
+    labels.write_text("\n".join(labels.read_text().splitlines()[:-3]) + "\n")
+    with pytest.raises(RunError, match="no label for 3 of the 100 images"):
+        fit(config(tiny).replace(data={"labels": str(labels)}), tmp_path / "r")
+
+
+def test_chosen_settings_are_recorded(tiny: Path, tmp_path: Path):
+    """No batch size given: chosen from the 100 images (32); the colour images get the colour
+    views; both written into config.json."""
+    cfg = config(tiny).replace(optim={"batch_size": None})
+    fit(cfg, tmp_path / "r")
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (saved["data"]["augment"], saved["optim"]["batch_size"]) == ("colour", 32)
+
+
+def test_warmup_keeps_the_drawn_labels_then_starts_from_kmeans(tiny: Path, tmp_path: Path):
+    """--warmup 0.5 of 4 epochs: epoch 1 leaves the labels as drawn; epoch 2 ends with k-means
+    labels (every cluster used); epochs 3-4 update them as usual; a resume knows it started."""
+    import torch
+
+    cfg = config(tiny).replace(scl={"warmup": 0.5}, optim={"epochs": 4})
+    result = fit(cfg, tmp_path / "r")
+    flips = [record.get("label_flips") for record in result.history]
+    assert flips[0] is None and all(f is not None for f in flips[1:])
+    assert min(result.history[1]["cluster_sizes"]) > 0
+    state = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=False)
+    assert state["clusters_started"] is True
