@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from imgcluster import rundir as rd
 from imgcluster.config import RunConfig, resolve
 from imgcluster.errors import RunError
 from imgcluster.events import Callback, Progress, message, silent
+from imgcluster.scoring.health import Problem, check_clusters
 
 if TYPE_CHECKING:
     import torch
@@ -70,6 +72,7 @@ class FitResult:
     epochs: int
     device: str
     history: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # signs of a poor clustering
 
 
 def fit(
@@ -159,22 +162,21 @@ def _run(
     ``budgeted``: the time budget (``optim.time_budget_minutes``) applies to this command; a
     resumed run is budgeted only when its command gives a budget.
     """
-    from imgcluster.data import sources
     from imgcluster.train.allocator import release_free_memory
     from imgcluster.train.checkpoint import check_resumable, load_checkpoint
-    from imgcluster.train.distributed import broadcast_object, main_decides, main_first
+    from imgcluster.train.distributed import broadcast_object, main_decides
     from imgcluster.train.trainer import (
         Trainer,
         final_probabilities,
-        fitted_to_images,
         start_history,
         train_epochs,
     )
 
     if not (config.data.source or config.data.benchmark):
         raise RunError("no source folder given")
-    state = None
+    state, created = None, False
     if not resuming:
+        created = out is None or not out.exists()
         out = main_decides(lambda: new_run_dir(config, out))  # rank 0 numbers it
     else:
         assert out is not None
@@ -184,15 +186,12 @@ def _run(
         else:
             message(callback, "no checkpoint yet: starting the run over")
     callback(Progress("run_dir", info={"path": str(out)}))
-    images = main_first(lambda: sources.load(config, [out], callback))  # one decode
-    sources.check_enough(images, config.scl.k or 0)
-    if len(images.cache.paths) < 2 * world.world_size:  # a batch of at least 2 on every rank
-        raise RunError(f"{len(images.cache.paths)} images cannot feed {world.world_size} processes")
     try:
-        config = fitted_to_images(images.config(config), images.cache.images)
-    except ValueError as e:
-        raise RunError(str(e)) from e
-    truth = _known_classes(config, images, out, world.is_main)
+        config, images, truth = _images(config, out, world, callback)
+    except RunError:
+        if created and world.is_main:  # a run that never started leaves no folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if world.is_main:
         meta = {"version": __version__, "world_size": world.world_size}
         rd.write_json(out / rd.CONFIG, {**config.to_dict(), **meta})
@@ -214,8 +213,29 @@ def _run(
         if centroids is not None:
             rd.write_centroids(out / rd.CENTROIDS, centroids)
         _export_and_report(out, images.cache.images, report, callback)
+    problems = check_clusters(clusters, confidence, config.scl.k or 0)
     return FitResult(out, config, images.cache.paths, clusters, confidence, images.cache.skipped,
-                     trainer.epoch, str(device), history)  # fmt: skip
+                     trainer.epoch, str(device), history, problems)  # fmt: skip
+
+
+def _images(
+    config: RunConfig, out: Path, world: World, callback: Callback
+) -> tuple[RunConfig, Images, np.ndarray | None]:
+    """The run's images decoded (rank 0 first, into the cache), checked, and the settings
+    found in them; the known classes, if any."""
+    from imgcluster.data import sources
+    from imgcluster.train.distributed import main_first
+    from imgcluster.train.trainer import fitted_to_images
+
+    images = main_first(lambda: sources.load(config, [out], callback))  # one decode
+    sources.check_enough(images, config.scl.k or 0)
+    if len(images.cache.paths) < 2 * world.world_size:  # a batch of at least 2 on every rank
+        raise RunError(f"{len(images.cache.paths)} images cannot feed {world.world_size} processes")
+    try:
+        config = fitted_to_images(images.config(config), images.cache.images)
+    except ValueError as e:
+        raise RunError(str(e)) from e
+    return config, images, _known_classes(config, images, out, world.is_main)
 
 
 def most_likely(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -264,9 +284,9 @@ def _export_and_report(out: Path, images: np.ndarray, report: bool, callback: Ca
     exported = export_onnx(out, images=images)
     message(callback, f"model.onnx: onnxruntime agrees with torch (max abs diff "
             f"{exported.max_abs_diff:.1e}, argmax {exported.argmax_agreement:.0%} of "
-            f"{exported.checked_images} images)")  # fmt: skip
+            f"{exported.checked_images} images)", detail=True)  # fmt: skip
     if report:
         from imgcluster.reporting.page import report as write_report
 
         page = write_report(out, images=images)
-        message(callback, f"report: {page.path}")
+        message(callback, f"report: {page.path}", detail=True)

@@ -152,9 +152,10 @@ class RunConfig:
         if self.scl.k is not None and self.scl.k < 2:
             raise ValueError(f"k must be at least 2, got {self.scl.k}")
         if self.model.backbone not in ("auto", *BACKBONES):
-            raise ValueError(f"unknown backbone {self.model.backbone!r}")
+            choices = ", ".join(("auto", *BACKBONES))
+            raise ValueError(f"unknown backbone {self.model.backbone!r}: one of {choices}")
         if self.scl.method not in METHODS:
-            raise ValueError(f"unknown method {self.scl.method!r}")
+            raise ValueError(f"unknown method {self.scl.method!r}: one of {', '.join(METHODS)}")
         if not 0.0 <= self.scl.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.scl.momentum}")
         if self.scl.memory_size < 2:
@@ -250,6 +251,8 @@ def resolve(config: RunConfig, device_type: str = "cpu") -> RunConfig:
                 f"--data-root and --download go with a benchmark set ({', '.join(BENCHMARKS)})"
             )
         if source:
+            if Path(source).is_file():
+                raise RunError(f"{source} is a file: give the folder that holds the images")
             if not Path(source).is_dir():
                 raise RunError(f"source folder not found: {source}")
             config = config.replace(data={"source": str(Path(source).resolve())})

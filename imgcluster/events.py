@@ -37,6 +37,7 @@ def silent(_: Progress) -> None:
     """The callback of a caller that wants no progress."""
 
 
-def message(callback: Callback, text: str) -> None:
-    """Tell the user one line through ``callback``."""
-    callback(Progress("message", info={"text": text}))
+def message(callback: Callback, text: str, detail: bool = False) -> None:
+    """Tell the user one line through ``callback``; ``detail``: an internal check that the
+    command line shows only with ``--verbose``."""
+    callback(Progress("message", info={"text": text, "detail": detail}))

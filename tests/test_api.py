@@ -100,6 +100,19 @@ def test_a_time_budget_given_to_resume_is_kept(tiny: Path, tmp_path: Path):
     assert resume(run, {"optim": {"epochs": 3}}, report=False).epochs == 3
 
 
+def test_a_run_that_never_starts_leaves_no_folder(tiny: Path, tmp_path: Path):
+    """Too large a k is refused after the scan with the largest usable k, and the run folder
+    that fit made for it is gone again (the next run is not numbered -2)."""
+    with pytest.raises(RunError, match="the largest usable k is 50"):
+        fit(config(tiny).replace(scl={"k": 60}), tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "mine"
+    kept.mkdir()  # a folder the user made is left alone
+    with pytest.raises(RunError):
+        fit(config(tiny).replace(scl={"k": 60}), kept)
+    assert kept.is_dir()
+
+
 def test_resume_refuses_a_changed_folder(tiny: Path, tmp_path: Path):
     source = tmp_path / "src"
     shutil.copytree(tiny, source)

@@ -339,3 +339,25 @@ def test_a_worker_that_cannot_write_is_not_retried_here(
     with pytest.raises(cache_mod.CacheWriteError):
         list(chunks)
     assert "going on in this process" not in caplog.text
+
+
+def test_clear_removes_only_the_caches_files(tmp_path: Path) -> None:
+    from conftest import dead_pid
+    from typer.testing import CliRunner
+
+    from imgcluster.cli import app
+    from imgcluster.data.cache import cache_files, clear_cache
+
+    key = "0123456789abcdef01234567"
+    killed = f"{key}.npy.tmp-{dead_pid()}"  # a build whose process is gone
+    ours = [tmp_path / f"{key}.npy", tmp_path / f"{key}.json", tmp_path / killed]
+    theirs = [tmp_path / "notes.txt", tmp_path / "photo.npy", tmp_path / f"{key}.npy.bak"]
+    for f in ours + theirs:
+        f.write_bytes(b"x" * 10)
+    assert cache_files(tmp_path) == sorted(ours)
+    shown = CliRunner().invoke(app, ["cache", "--cache-dir", str(tmp_path)])
+    assert shown.exit_code == 0 and "1 cached image set," in " ".join(shown.output.split())
+    live = tmp_path / f"{key}.npy.tmp-{os.getpid()}"  # a build in progress: kept
+    live.write_bytes(b"x")
+    assert clear_cache(tmp_path) == (3, 30)
+    assert sorted(tmp_path.iterdir()) == sorted([*theirs, live])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -104,3 +105,40 @@ def test_a_labelled_run_shows_its_scores_per_epoch(tiny_run: Path, tmp_path: Pat
     assert "nearest neighbours" in page.read_text(encoding="utf-8")
     with Image.open(run / "report" / "scores.png") as im:
         assert im.size[0] > 400
+
+
+def test_a_run_with_labels_shows_scores_majorities_and_where_to_look(
+    tiny_run: Path, tmp_path: Path
+):
+    """labels.csv in the run: ACC/NMI/ARI, each cluster's majority class, the confusion matrix,
+    and the 'look here first' list; the same as `eval` computes."""
+    from imgcluster.reporting.page import report
+    from imgcluster.scoring.evaluate import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("report"))
+    paths = rundir.read_assignments(run / rundir.ASSIGNMENTS)[0]
+    rundir.write_labels(run / rundir.LABELS, paths, [p.split("/")[0] for p in paths])
+    page = report(run).path
+    text = page.read_text(encoding="utf-8")
+    scores = evaluate(run=run).scores
+    assert f"ACC {scores.acc:.3f}" in text and "confusion.png" in check_page(page)
+    assert "Look here first" in text and "least confident" in text and "most mixed" in text
+    assert text.count(" · mostly ") >= 2
+    # Every tile of a contact sheet names its file and links to it (relative, existing).
+    assert text.count("class='tile'") >= len(paths) // 2
+    titles = re.findall(r"title='([^']+) · confidence", text)
+    assert titles and set(titles) <= set(paths)
+
+
+def test_a_degenerate_run_is_flagged_at_the_top(tiny_run: Path, tmp_path: Path):
+    from imgcluster.reporting.page import report
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("report"))
+    paths = rundir.read_assignments(run / rundir.ASSIGNMENTS)[0]
+    rundir.write_assignments(run / rundir.ASSIGNMENTS, paths, [0] * len(paths),
+                             [0.25] * len(paths))  # fmt: skip
+    text = report(run).path.read_text(encoding="utf-8")
+    assert "near chance" in text and "holds 100% of the images" in text
+    assert text.index("Warning:") < text.index("id='cluster-0'")

@@ -29,6 +29,7 @@ from imgcluster.atomic import atomic_write_bytes
 from imgcluster.data.scan import ScanResult, scan_folder
 from imgcluster.errors import RunError
 from imgcluster.events import Callback, Progress, silent
+from imgcluster.scoring.health import Problem, check_clusters
 
 
 @dataclass
@@ -53,6 +54,11 @@ class AssignResult:
     unsure: int = 0  # images under --unsure-below
 
     @property
+    def problems(self) -> list[Problem]:
+        """Signs of a poor clustering of these images (:mod:`imgcluster.scoring.health`)."""
+        return check_clusters(self.clusters, self.confidence, self.k)
+
+    @property
     def images_per_s(self) -> float:
         return len(self.paths) / self.seconds if self.seconds > 0 else 0.0
 
@@ -73,6 +79,7 @@ class AssignResult:
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 1),
             "unsure": self.unsure,
+            "problems": [p.to_dict() for p in self.problems],
         }
         if self.folders is not None:
             f = self.folders

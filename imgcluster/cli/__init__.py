@@ -8,7 +8,7 @@ stays instant.
 
 from __future__ import annotations
 
-from imgcluster.cli import assign, demo, evaluate, fit  # noqa: F401  (each adds its command)
+from imgcluster.cli import assign, cache, demo, evaluate, fit  # noqa: F401  (each adds its command)
 from imgcluster.cli.app import app
 
 __all__ = ["app", "main"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -41,6 +42,23 @@ def user_errors(interrupted: str = "interrupted") -> Iterator[None]:
         fail(str(e))
     except KeyboardInterrupt:
         fail(interrupted, 130)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def print_problems(problems: list[Any]) -> None:
+    """Each sign of a poor clustering with its remedy, in yellow, on stdout with the results."""
+    for p in problems:
+        out_console.print(f"[bold yellow]warning:[/] {escape(p.message)}; {escape(p.remedy)}")
+
+
+def exit_if_strict(problems: list[Any], strict: bool) -> None:
+    """``--strict``: a clustering with problems exits with status 3 (the run itself is kept)."""
+    if strict and problems:
+        raise typer.Exit(3)
 
 
 def start_decoders(workers: int | None) -> None:

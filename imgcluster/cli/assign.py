@@ -10,7 +10,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from imgcluster.cli.app import app, console, fail, out_console, start_decoders, user_errors
+from imgcluster.cli.app import (
+    app,
+    console,
+    exit_if_strict,
+    fail,
+    out_console,
+    plural,
+    print_problems,
+    start_decoders,
+    user_errors,
+)
 from imgcluster.cli.progress import Bars
 
 
@@ -55,8 +65,12 @@ def assign(
         False,
         "--follow-links",
         help="Follow symbolic links out of the source folder \\[default: as the run's fit did].",
+        metavar="",
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object.", metavar=""),
+    strict: bool = typer.Option(
+        False, "--strict", help="Exit with status 3 when the clusters look degenerate.", metavar=""
+    ),
 ) -> None:
     """Assign images to a trained run's clusters (onnxruntime; torch not needed)."""
     if unsure_below is not None and export_folders is None:
@@ -75,6 +89,7 @@ def assign(
         typer.echo(json.dumps(result.summary(), sort_keys=True))
     else:
         print_assign_summary(result)
+    exit_if_strict(result.problems, strict)
 
 
 def print_assign_summary(result: Any) -> None:
@@ -83,7 +98,7 @@ def print_assign_summary(result: Any) -> None:
 
     from imgcluster.assigning.folders import cluster_folder
 
-    table = Table(title=escape(f"{len(result.paths)} images of {result.source}"))
+    table = Table(title=escape(f"{plural(len(result.paths), 'image')} of {result.source}"))
     for name in ("cluster", "folder", "images", "mean confidence"):
         table.add_column(name, justify="left" if name == "folder" else "right")
     for c, n in enumerate(np.bincount(result.clusters, minlength=result.k)):
@@ -105,7 +120,15 @@ def print_assign_summary(result: Any) -> None:
     out_console.print(f"assignments: [bold]{escape(str(result.csv))}[/]")
     if result.skipped:
         examples = "; ".join(f"{p}: {r}" for p, r in result.skipped[:3])
-        out_console.print(f"{len(result.skipped)} file(s) skipped ({escape(examples)})")
+        out_console.print(f"{plural(len(result.skipped), 'file')} skipped ({escape(examples)})")
+    print_problems(result.problems)
+    if result.folders is not None and result.paths:
+        first = escape(str(result.folders.out / cluster_folder(0, result.k)))
+        out_console.print(
+            f"next: look through [bold]{first}[/] and its neighbours: each folder's images are "
+            "numbered from the most confident; imgcluster eval --labels FILE scores them when "
+            "some labels are known"
+        )
 
 
 def print_folder_summary(folders: Any, unsure: int) -> None:

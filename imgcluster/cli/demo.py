@@ -41,7 +41,7 @@ def demo(
 
     out = numbered_run_dir(work / "runs", "digits")
     result = run_fit(lambda callback: api.fit(config, out, callback=callback, report=False), out)
-    print_fit_summary(result)
+    print_fit_summary(result, report=False, next_step=False)
     demo_assign(result.run_dir, folder, work / "clusters")
     print_scores(result.paths, result.clusters, labels)
     run_report(result.run_dir)

@@ -9,7 +9,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from imgcluster.cli.app import app, console, fail, out_console, start_decoders
+from imgcluster.cli.app import (
+    app,
+    console,
+    exit_if_strict,
+    fail,
+    out_console,
+    plural,
+    print_problems,
+    start_decoders,
+)
 from imgcluster.cli.progress import Bars
 from imgcluster.config import RunConfig, with_preset
 
@@ -56,7 +65,11 @@ def changes_of(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return sections
 
 
-@app.command()
+@app.command(
+    epilog="Examples:  imgcluster fit ./photos --k 10 --time-budget 30  ·  "
+    "imgcluster fit --resume --out runs/photos --time-budget 10  ·  "
+    "imgcluster fit cifar10 --data-root ./data --preset paper",
+)
 def fit(
     source: Path | None = typer.Argument(
         None,
@@ -65,16 +78,30 @@ def fit(
         "Optional with --resume.",
     ),
     k: int | None = typer.Option(
-        None, "--k", "-k", help="Number of clusters \\[default: a benchmark's classes, else 10]."
+        None,
+        "--k",
+        "-k",
+        help="Number of clusters \\[default: a benchmark's classes, else 10].",
+        rich_help_panel="Basics",
     ),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Run directory \\[default: runs/<folder name>, numbered]."
+        None,
+        "--out",
+        "-o",
+        help="Run directory \\[default: runs/<folder name>, numbered].",
+        rich_help_panel="Basics",
     ),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out; options given change its settings."
+        False,
+        "--resume",
+        help="Continue the run in --out; options given change its settings.",
+        rich_help_panel="Basics",
+        metavar="",
     ),
     epochs: int | None = typer.Option(
-        None, help="Epochs \\[default: 200; with --time-budget as many as fit, at most 1000]."
+        None,
+        help="Epochs \\[default: 200; with --time-budget as many as fit, at most 1000].",
+        rich_help_panel="Basics",
     ),
     time_budget: float | None = typer.Option(
         None,
@@ -82,81 +109,138 @@ def fit(
         help="Minutes for the whole run: the first epoch is timed and the epoch count set so the "
         "run, cosine schedule complete, ends in time (with --resume: for this command). "
         "Recommended on a CPU.",
+        rich_help_panel="Basics",
     ),
     backbone: str | None = typer.Option(
         None,
         help="auto | resnet34 | resnet18 | small. auto: resnet34 on a GPU (the paper's), small on "
         "a CPU (best clusters within a CPU time budget, see docs/benchmarks.md).",
+        rich_help_panel="Time and hardware",
     ),
     image_size: int | None = typer.Option(
         None,
         "--image-size",
         help="Side S of the square training images \\[default: 32 when the images are up to "
         "~48 px, else 96].",
+        rich_help_panel="Time and hardware",
     ),
     batch_size: int | None = typer.Option(
         None,
         "--batch-size",
         help="Batch size \\[default: 256, smaller for small folders so an epoch has 32 steps, "
         "at least 32]; under torchrun per process (docs/distributed.md).",
+        rich_help_panel="Time and hardware",
     ),
-    lr: float | None = typer.Option(None, help="Learning rate \\[default: 0.03, cosine schedule]."),
-    device: str | None = typer.Option(None, help="auto | cpu | cuda \\[default: auto]."),
-    seed: int | None = typer.Option(None, help="Random seed; CPU runs are reproducible \\[0]."),
+    lr: float | None = typer.Option(
+        None,
+        help="Learning rate \\[default: 0.03, cosine schedule].",
+        rich_help_panel="Method (the paper's options)",
+    ),
+    device: str | None = typer.Option(
+        None, help="auto | cpu | cuda \\[default: auto].", rich_help_panel="Time and hardware"
+    ),
+    seed: int | None = typer.Option(
+        None,
+        help="Random seed; CPU runs are reproducible \\[default: 0].",
+        rich_help_panel="Basics",
+    ),
     method: str | None = typer.Option(
-        None, help="scl, or moco-kmeans: the paper's baseline (instance contrast, then k-means)."
+        None,
+        help="scl, or moco-kmeans: the paper's baseline (instance contrast, then k-means).",
+        rich_help_panel="Method (the paper's options)",
     ),
     momentum: float | None = typer.Option(
         None,
         help="Momentum encoder m \\[default: 0.99; the paper's 0.9 learns far slower in the "
         "runs a CPU can make, docs/benchmarks.md].",
+        rich_help_panel="Method (the paper's options)",
     ),
     head_lr_scale: float | None = typer.Option(
-        None, "--head-lr-scale", help="Cluster heads learn at this × the learning rate \\[100]."
+        None,
+        "--head-lr-scale",
+        help="Cluster heads learn at this × the learning rate \\[default: 100].",
+        rich_help_panel="Method (the paper's options)",
     ),
     no_projector_bn: bool = typer.Option(
-        False, "--no-projector-bn", help="No batch norm in the projection MLP (MoCo v2's as is)."
+        False,
+        "--no-projector-bn",
+        help="No batch norm in the projection MLP (MoCo v2's as is).",
+        rich_help_panel="Method (the paper's options)",
+        metavar="",
     ),
     memory_size: int | None = typer.Option(
-        None, "--memory-size", help="K: keys in the semantic memory \\[default: 4096, ≤ images]."
+        None,
+        "--memory-size",
+        help="K: keys in the semantic memory \\[default: 4096, ≤ images].",
+        rich_help_panel="Method (the paper's options)",
     ),
-    temperature: float | None = typer.Option(None, help="τ \\[default: 0.1]."),
+    temperature: float | None = typer.Option(
+        None, help="τ \\[default: 0.1].", rich_help_panel="Method (the paper's options)"
+    ),
     no_cross_cluster: bool = typer.Option(
-        False, "--no-cross-cluster", help="Ablation: every bank is a negative (no Eq. 2)."
+        False,
+        "--no-cross-cluster",
+        help="Ablation: every bank is a negative (no Eq. 2).",
+        rich_help_panel="Ablations",
+        metavar="",
     ),
     no_online_cd: bool = typer.Option(
-        False, "--no-online-cd", help="Ablation: labels from the memory's p̃, not the classifier."
+        False,
+        "--no-online-cd",
+        help="Ablation: labels from the memory's p̃, not the classifier.",
+        rich_help_panel="Ablations",
+        metavar="",
     ),
     no_hard_mining: bool = typer.Option(
-        False, "--no-hard-mining", help="Ablation: plain mean of L_ID (no Eq. 6 weights)."
+        False,
+        "--no-hard-mining",
+        help="Ablation: plain mean of L_ID (no Eq. 6 weights).",
+        rich_help_panel="Ablations",
+        metavar="",
     ),
     balance: int | None = typer.Option(
         None,
         help="Label update: Sinkhorn iterations towards equal cluster sizes \\[default: 3; "
         "0 = plain argmax, the paper's].",
+        rich_help_panel="Method (the paper's options)",
     ),
     workers: int | None = typer.Option(
-        None, help="Decoders: this process and N-1 worker processes \\[default: all cores]."
+        None,
+        help="Decoders: this process and N-1 worker processes \\[default: all cores].",
+        rich_help_panel="Time and hardware",
     ),
     cache_dir: Path | None = typer.Option(
-        None, "--cache-dir", help="Decode cache folder \\[default: ~/.cache/imgcluster]."
+        None,
+        "--cache-dir",
+        help="Decode cache folder \\[default: ~/.cache/imgcluster].",
+        rich_help_panel="Time and hardware",
     ),
     follow_links: bool = typer.Option(
-        False, "--follow-links", help="Follow symbolic links out of the source folder."
+        False,
+        "--follow-links",
+        help="Follow symbolic links out of the source folder.",
+        rich_help_panel="Data",
+        metavar="",
     ),
     data_root: Path | None = typer.Option(
         None,
         "--data-root",
         help="Folder holding the benchmark set's files (torchvision's, an ImageNet train "
         "folder, or <class>/<image> folders) \\[default: ./data].",
+        rich_help_panel="Data",
     ),
     download: bool = typer.Option(
-        False, "--download", help="Fetch cifar10, cifar100-20 or stl10 into --data-root first."
+        False,
+        "--download",
+        help="Fetch cifar10, cifar100-20 or stl10 into --data-root first.",
+        rich_help_panel="Data",
+        metavar="",
     ),
     warmup: float | None = typer.Option(
         None,
         help="Share of the epochs that train the features alone before the clusters start from "
         "k-means on them \\[default: 0, the paper's].",
+        rich_help_panel="Method (the paper's options)",
     ),
     preset: str | None = typer.Option(
         None,
@@ -164,28 +248,48 @@ def fit(
         help="paper: the paper's settings (ResNet-34, momentum 0.9, batch 256, lr 0.03, 200 "
         "epochs, colour views, no balancing), to reproduce its Table 1; your other options "
         "still apply.",
+        rich_help_panel="Basics",
     ),
     augment: str | None = typer.Option(
         None,
         help="Views: colour (the paper's), greyscale (no flips, milder crops) \\[default: "
         "auto, chosen from the images].",
+        rich_help_panel="Data",
     ),
     labels: Path | None = typer.Option(
         None,
         "--labels",
         help="labels.csv (path,label) of every image, read only to score each epoch in "
         "history.jsonl; never used for training.",
+        rich_help_panel="Basics",
+    ),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Exit with status 3 when the clusters look degenerate.",
+        rich_help_panel="Basics",
+        metavar="",
+    ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="Also print internal checks (the ONNX export's agreement).",
+        rich_help_panel="Basics",
+        metavar="",
     ),
     no_report: bool = typer.Option(
         False,
         "--no-report",
         help="Skip the HTML report at the end (model.onnx is still exported).",
+        rich_help_panel="Basics",
+        metavar="",
     ),
     compile_step: bool | None = typer.Option(
         None,
         "--compile/--no-compile",
         help="torch.compile the augmentation and the losses: faster steps on a GPU after "
         "~25 s of compiling; no gain on a CPU \\[default: on a GPU].",
+        rich_help_panel="Time and hardware",
     ),
 ) -> None:
     """Train SCL on a folder of images (or a benchmark set) and write a run directory."""
@@ -215,8 +319,9 @@ def fit(
             fail("--resume continues the run in --out with its own source and settings: "
                  "leave out SOURCE and --preset")  # fmt: skip
         start_decoders(workers)
-        result = run_fit(lambda callback: _api().resume(out, changes, callback=callback,
-                                                         report=not no_report), out)  # fmt: skip
+        job = lambda callback: _api().resume(out, changes, callback=callback,  # noqa: E731
+                                             report=not no_report)  # fmt: skip
+        result = run_fit(job, out, verbose)
     else:
         if source is None:
             fail("give the folder of images to cluster: imgcluster fit ./photos --k 10")
@@ -227,11 +332,17 @@ def fit(
             except ValueError as e:
                 fail(str(e))
         config = base.replace(**changes)
+        try:
+            config.validate()  # before the slow imports and the decode
+        except ValueError as e:
+            fail(str(e))
         start_decoders(workers)
-        result = run_fit(lambda callback: _api().fit(config, out, callback=callback,
-                                                      report=not no_report), out)  # fmt: skip
+        job = lambda callback: _api().fit(config, out, callback=callback,  # noqa: E731
+                                          report=not no_report)  # fmt: skip
+        result = run_fit(job, out, verbose)
     if result is not None:  # None on torchrun's other ranks: rank 0 reports
-        print_fit_summary(result)
+        print_fit_summary(result, report=not no_report)
+        exit_if_strict(result.problems, strict)
 
 
 def _api() -> Any:
@@ -240,7 +351,7 @@ def _api() -> Any:
     return api
 
 
-def run_fit(job: Any, out: Path | None) -> Any:
+def run_fit(job: Any, out: Path | None, verbose: bool = False) -> Any:
     """``job(callback)`` (the library's fit or resume) with progress bars; user errors become
     one line.
 
@@ -263,7 +374,7 @@ def run_fit(job: Any, out: Path | None) -> Any:
         except KeyboardInterrupt:
             raise typer.Exit(130) from None  # rank 0 says where the checkpoint is
         return None
-    bars = Bars(console)
+    bars = Bars(console, verbose)
     try:
         with bars:
             return job(bars.update)
@@ -275,12 +386,15 @@ def run_fit(job: Any, out: Path | None) -> Any:
     return None
 
 
-def print_fit_summary(result: Any) -> None:
-    """Cluster sizes and where the run directory is."""
+def print_fit_summary(result: Any, report: bool = True, next_step: bool = True) -> None:
+    """Cluster sizes and confidences, a verdict, and (``next_step``) the command to run next."""
     import numpy as np
 
-    sizes = np.bincount(result.clusters, minlength=result.config.scl.k)
-    table = Table(title=f"{len(result.paths)} images in {result.config.scl.k} clusters")
+    from imgcluster.scoring.health import confidence_words
+
+    k = result.config.scl.k
+    sizes = np.bincount(result.clusters, minlength=k)
+    table = Table(title=f"{plural(len(result.paths), 'image')} in {k} clusters")
     table.add_column("cluster", justify="right")
     table.add_column("images", justify="right")
     table.add_column("mean confidence", justify="right")
@@ -290,7 +404,22 @@ def print_fit_summary(result: Any) -> None:
     out_console.print(table)
     if result.skipped:
         out_console.print(
-            f"{len(result.skipped)} file(s) skipped: see {escape(str(result.run_dir))}/skipped.csv"
+            f"{plural(len(result.skipped), 'file')} skipped: see "
+            f"{escape(str(result.run_dir))}/skipped.csv"
         )
     where = escape(str(result.run_dir))
-    out_console.print(f"{result.epochs} epochs on {result.device}; run directory: [bold]{where}[/]")
+    epochs = plural(result.epochs, "epoch")
+    out_console.print(f"{epochs} on {result.device}; run directory: [bold]{where}[/]")
+    if len(result.paths) == 0:
+        return
+    print_problems(result.problems)
+    if not result.problems:
+        mean = confidence_words(float(result.confidence.mean()), k)
+        out_console.print(f"[bold green]looks usable:[/] mean confidence {mean}")
+    if report:
+        out_console.print(f"report: {where}/report/index.html")
+    if next_step:
+        out_console.print(
+            f"next: [bold]imgcluster assign --run {where} --export-folders {where}/clusters[/] "
+            "sorts the images into one folder per cluster, most confident first"
+        )

@@ -30,7 +30,7 @@ class Bars:
     Use as a context manager and pass :meth:`update` as the library's callback.
     """
 
-    def __init__(self, con: Console) -> None:
+    def __init__(self, con: Console, verbose: bool = False) -> None:
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -42,6 +42,7 @@ class Bars:
         )
         self.tasks: dict[str, Any] = {}
         self.run_dir: str | None = None
+        self.verbose = verbose  # also the library's internal checks (detail messages)
 
     def __enter__(self) -> Bars:
         self.bar.__enter__()
@@ -55,7 +56,8 @@ class Bars:
         if event.stage == "run_dir":
             self.run_dir = event.info["path"]
         elif event.stage == "message":
-            self.bar.console.print(escape(event.info["text"]))
+            if self.verbose or not event.info.get("detail"):
+                self.bar.console.print(escape(event.info["text"]))
         elif event.stage in _BARS:
             key, label = _BARS[event.stage]
             if key not in self.tasks:

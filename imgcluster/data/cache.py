@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,36 @@ def cache_key(root: Path, paths: Sequence[str], size: int, stamps: Stamps | None
         # NUL cannot occur in a file name, so the fields cannot run into each other.
         digest.update(f"{rel}\0{stamp}\0".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:24]
+
+
+# The files of one cached array: <key>.npy, its manifest <key>.json, and temporaries
+# <key>.npy.tmp-<pid> of builds in progress (or killed); key = 24 hex digits (cache_key).
+_CACHE_FILE = re.compile(r"[0-9a-f]{24}\.(npy|json|npy\.tmp-\d+.*)")
+
+
+def cache_files(folder: Path) -> list[Path]:
+    """The files imgcluster's decode cache holds in ``folder`` (nothing else that is there)."""
+    try:
+        return sorted(p for p in Path(folder).iterdir() if _CACHE_FILE.fullmatch(p.name))
+    except OSError:
+        return []
+
+
+def clear_cache(folder: Path) -> tuple[int, int]:
+    """Delete the cache's files in ``folder`` (see :func:`cache_files`), leaving any other file
+    alone; returns (files, bytes) removed. A build in progress by a live process is kept."""
+    removed = size = 0
+    for path in cache_files(folder):
+        pid = path.name.rpartition(".tmp-")[2].split("-")[0] if ".tmp-" in path.name else ""
+        if pid.isdigit() and process_alive(int(pid)):
+            continue
+        try:
+            nbytes = path.stat().st_size
+            path.unlink()
+        except OSError:
+            continue
+        removed, size = removed + 1, size + nbytes
+    return removed, size
 
 
 def _stamp(path: str) -> tuple[int, int]:

@@ -90,9 +90,10 @@ def check_enough(images: Images, k: int) -> None:
     """Refuse a source with fewer than two usable images per cluster."""
     n = len(images.cache.paths)
     if n < 2 * k:
+        largest = f"the largest usable k is {n // 2}" if n >= 4 else "k must be at least 2"
         raise RunError(
             f"only {n} usable image(s) in {images.root}: clustering into k={k} needs at least "
-            f"{2 * k}"
+            f"{2 * k} ({largest})"
         )
 
 

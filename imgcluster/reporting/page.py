@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import datetime
 import html
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from imgcluster.assigning.folders import cluster_folder
 from imgcluster.atomic import atomic_write_bytes, atomic_write_text
 from imgcluster.config import RunConfig
 from imgcluster.errors import RunError
+from imgcluster.scoring.health import check_clusters, confidence_words
 
 TSNE_SAMPLE = 2000  # Barnes-Hut t-SNE, one thread: ~3 s for 1,000 points on a busy 2-core CPU
 TSNE_STEPS = 500
@@ -79,9 +82,10 @@ def report(
     from imgcluster.reporting.plots import cluster_colors
 
     colors = cluster_colors(data.config.scl.k)
+    evaluation = _evaluation(data)  # also draws the confusion matrix into the folder
     figures = _figures(data, folder, colors, sample)
     sheets = _sheets(data, folder, per_sheet)
-    page = _page(data, figures, sheets, colors)
+    page = _page(data, figures, sheets, colors, evaluation)
     atomic_write_text(folder / INDEX, page)
     k = data.config.scl.k
     notes = tuple(data.notes)
@@ -103,6 +107,20 @@ def _load(run: Path, images: np.ndarray | None) -> _Run:
             notes.append(f"no t-SNE map: {e}")
     history = rd.read_history(run / rd.HISTORY)
     return _Run(run, config, paths, clusters, confidence, history, images, notes)
+
+
+def _evaluation(data: _Run) -> Any:
+    """The scores against the run's own labels.csv (benchmark sets, ``fit --labels``, the
+    demo), or None when it has none or they cannot be matched (a note says why)."""
+    if not (data.run / rd.LABELS).is_file():
+        return None
+    from imgcluster.scoring.evaluate import evaluate
+
+    try:
+        return evaluate(run=data.run)
+    except RunError as e:
+        data.notes.append(f"no scores: {e}")
+        return None
 
 
 def _figures(data: _Run, folder: Path, colors: list[str], sample: int) -> dict[str, str]:
@@ -176,40 +194,69 @@ def _embed(data: _Run, rows: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _sheets(data: _Run, folder: Path, per_sheet: int) -> dict[int, tuple[str | None, str | None]]:
-    """Contact sheets of each cluster's most and least confident images: cluster → files."""
-    from imgcluster.reporting.sheets import contact_sheet, png_bytes
+@dataclass(frozen=True)
+class _Sheet:
+    """One contact sheet: its file in the report folder and, per tile, the image shown there."""
+
+    name: str
+    size: tuple[int, int]  # the PNG's width and height
+    tiles: list[tuple[tuple[int, int, int, int], str, float]]  # (box, path, confidence)
+
+
+def _sheets(data: _Run, folder: Path, per_sheet: int) -> dict[int, list[tuple[str, _Sheet]]]:
+    """Contact sheets of each cluster's most and least confident images: cluster → sheets."""
+    from imgcluster.reporting.sheets import contact_sheet, png_bytes, tile_boxes
 
     root = Path(data.config.data.source)
-    out: dict[int, tuple[str | None, str | None]] = {}
+    out: dict[int, list[tuple[str, _Sheet]]] = {}
     for c in range(data.config.scl.k):
         members = np.flatnonzero(data.clusters == c)
         order = members[np.lexsort((members, -data.confidence[members]))]  # most confident first
         top = order[:per_sheet]
         bottom = order[len(top) :][-per_sheet:][::-1]  # least confident first, no overlap
-        names = []
-        for kind, rows in (("top", top), ("bottom", bottom)):
+        out[c] = []
+        for label, kind, rows in (("most confident", "top", top),
+                                  ("least confident", "bottom", bottom)):  # fmt: skip
             if not len(rows):
-                names.append(None)
                 continue
             paths = [data.paths[i] for i in rows]
             captions = [f"{data.confidence[i]:.2f}" for i in rows]
             spare = [data.images[i] for i in rows] if data.images is not None else None
             name = f"cluster_{c:02d}_{kind}.png"
-            sheet = contact_sheet(root, paths, captions, spare)
-            atomic_write_bytes(folder / name, png_bytes(sheet))
-            names.append(name)
-        out[c] = (names[0], names[1])
+            atomic_write_bytes(
+                folder / name, png_bytes(contact_sheet(root, paths, captions, spare))
+            )
+            size, boxes = tile_boxes(len(rows))
+            tiles = [(box, data.paths[i], float(data.confidence[i])) for box, i in zip(boxes, rows)]
+            out[c].append((label, _Sheet(name, size, tiles)))
     return out
+
+
+def _sheet_html(sheet: _Sheet, label: str, root: Path, folder: Path) -> str:
+    """The sheet with a box over every tile: hovering names the file, clicking opens it."""
+    w, h = sheet.size
+    links = []
+    for (x, y, tw, th), path, conf in sheet.tiles:
+        href = Path(os.path.relpath(root / path, folder)).as_posix()
+        style = (f"left:{100 * x / w:.3f}%;top:{100 * y / h:.3f}%;"
+                 f"width:{100 * tw / w:.3f}%;height:{100 * th / h:.3f}%")  # fmt: skip
+        title = f"title='{_e(path)} · confidence {conf:.2f}'"
+        if (root / path).is_file():  # a moved source: names still show, no broken link
+            links.append(f"<a class='tile' style='{style}' href='{_e(quote(href))}' {title}></a>")
+        else:
+            links.append(f"<span class='tile' style='{style}' {title}></span>")
+    return (f"<h3>{label}</h3><div class='sheetbox'><img class='sheet' src='{_e(sheet.name)}' "
+            f"alt='{label}'>{''.join(links)}</div>")  # fmt: skip
 
 
 def _page(
     data: _Run,
     figures: dict[str, str],
-    sheets: dict[int, tuple[str | None, str | None]],
+    sheets: dict[int, list[tuple[str, _Sheet]]],
     colors: list[str],
+    evaluation: Any = None,
 ) -> str:
-    """The whole HTML page."""
+    """The whole HTML page; ``evaluation``: scores against known labels, if any."""
     cfg, k, n = data.config, data.config.scl.k, len(data.paths)
     sizes = np.bincount(data.clusters, minlength=k)
     facts = [
@@ -220,8 +267,14 @@ def _page(
         ("backbone", cfg.model.backbone),
         ("image size", f"{cfg.data.image_size} px"),
         ("epochs", str(len(data.history))),
-        ("mean confidence", f"{data.confidence.mean():.3f}" if n else "-"),
+        ("mean confidence", confidence_words(float(data.confidence.mean()), k) if n else "-"),
     ]
+    if evaluation is not None:
+        sc = evaluation.scores
+        facts.append(("agreement with the labels", f"ACC {sc.acc:.3f} · NMI {sc.nmi:.3f} · "
+                      f"ARI {sc.ari:.3f}"))  # fmt: skip
+    majority = {c.cluster: c for c in evaluation.per_cluster} if evaluation is not None else {}
+    problems = check_clusters(data.clusters, data.confidence, k)
     body = [
         f"<header><h1>{_e(data.run.name)}</h1><p class='sub'>imgcluster report · "
         f"{datetime.date.today().isoformat()} · <a href='../{rd.ASSIGNMENTS}'>"
@@ -229,13 +282,40 @@ def _page(
         "<dl class='facts'>"
         + "".join(f"<div><dt>{_e(a)}</dt><dd>{_e(b)}</dd></div>" for a, b in facts)
         + "</dl>",  # fmt: skip
+        *[
+            f"<p class='warning'><b>Warning:</b> {_e(p.message)}; {_e(p.remedy)}.</p>"
+            for p in problems
+        ],  # fmt: skip
+        _look_first(data, sizes, majority),
         _nav(sizes, colors),
         _overview(figures),
-        *[_cluster(c, data, sizes[c], sheets[c], colors[c]) for c in range(k)],
+        *[_cluster(c, data, sizes[c], sheets[c], colors[c], majority.get(c)) for c in range(k)],
     ]
     body += [f"<p class='note'>{_e(note)}</p>" for note in data.notes]
     title = f"imgcluster report: {data.run.name}"
     return _TEMPLATE.format(title=_e(title), body="\n".join(body))
+
+
+def _look_first(data: _Run, sizes: np.ndarray, majority: dict[int, Any]) -> str:
+    """The clusters to check first: the least confident, the smallest and (with labels) the
+    most mixed, each linked."""
+    used = [c for c in range(len(sizes)) if sizes[c]]
+    if len(used) < 2:
+        return ""
+    means = {c: float(data.confidence[data.clusters == c].mean()) for c in used}
+    picks = [
+        ("least confident", min(used, key=means.__getitem__),
+         lambda c: f"mean confidence {means[c]:.2f}"),
+        ("smallest", min(used, key=lambda c: sizes[c]), lambda c: f"{sizes[c]:,} images"),
+    ]  # fmt: skip
+    if majority:
+        mixed = min(majority, key=lambda c: majority[c].purity)
+        picks.append(("most mixed", mixed, lambda c: f"{majority[c].purity:.0%} one class"))
+    items = "".join(
+        f"<li><a href='#cluster-{c}'>cluster {c}</a>: {what} ({_e(detail(c))})</li>"
+        for what, c, detail in picks
+    )
+    return f"<section class='first'><h2>Look here first</h2><ul>{items}</ul></section>"
 
 
 def _nav(sizes: np.ndarray, colors: list[str]) -> str:
@@ -274,7 +354,12 @@ def _overview(figures: dict[str, str]) -> str:
 
 
 def _cluster(
-    c: int, data: _Run, size: int, sheets: tuple[str | None, str | None], color: str
+    c: int,
+    data: _Run,
+    size: int,
+    sheets: list[tuple[str, _Sheet]],
+    color: str,
+    labelled: Any = None,
 ) -> str:
     conf = data.confidence[data.clusters == c]
     share = size / max(1, len(data.paths))
@@ -284,15 +369,16 @@ def _cluster(
         if size
         else "empty"
     )
+    if labelled is not None and size:
+        stats += f" · mostly {labelled.majority} ({labelled.purity:.0%} of it)"
     parts = [
         f"<section class='cluster' id='cluster-{c}' style='border-left-color:{color}'>",
         f"<h2><span class='dot' style='background:{color}'></span>Cluster {c}"
         f"<span class='folder'>{cluster_folder(c, data.config.scl.k)}/</span></h2>",
         f"<p class='stats'>{stats}</p>",
     ]
-    for label, name in (("most confident", sheets[0]), ("least confident", sheets[1])):
-        if name:
-            parts.append(f"<h3>{label}</h3><img class='sheet' src='{_e(name)}' alt='{label}'>")
+    root, folder = Path(data.config.data.source), data.run / rd.REPORT
+    parts += [_sheet_html(sheet, label, root, folder) for label, sheet in sheets]
     parts.append("</section>")
     return "".join(parts)
 
@@ -341,6 +427,11 @@ figcaption {{ font-size: 13px; margin-top: 6px; }}
 .cluster {{ background: #fff; border: 1px solid var(--line); border-left: 6px solid;
   border-radius: 10px; padding: 14px 18px 18px; margin: 0 0 16px; }}
 .stats {{ margin: 0; }}
+.sheetbox {{ position: relative; display: inline-block; max-width: 100%; }}
+.sheetbox .sheet {{ display: block; }}
+.tile {{ position: absolute; }}
+.tile:hover {{ outline: 2px solid #3b6fd8; }}
+.warning {{ background: #fff4d6; border-left: 4px solid #e0a800; padding: 8px 12px; }}
 .folder {{ font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; color: var(--soft);
   font-weight: normal; margin-left: auto; }}
 img.sheet {{ max-width: 100%; height: auto; display: block; image-rendering: auto; }}

@@ -38,19 +38,30 @@ def contact_sheet(
 
     ``fallback[i]``, a uint8 ``3×S×S`` array, stands in for an image that cannot be read.
     """
-    n = len(paths)
-    cols = max(1, min(columns, n))
-    rows = max(1, -(-n // cols))
-    cell_w, cell_h = tile + _GAP, tile + _CAPTION + _GAP
-    sheet = Image.new("RGB", (cols * cell_w + _GAP, rows * cell_h + _GAP), _BACKGROUND)
+    (width, height), boxes = tile_boxes(len(paths), tile, columns)
+    sheet = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     font = _font(12)
     for i, (path, caption) in enumerate(zip(paths, captions)):
-        x, y = _GAP + (i % cols) * cell_w, _GAP + (i // cols) * cell_h
+        x, y = boxes[i][:2]
         spare = fallback[i] if fallback is not None else None
         sheet.paste(_tile(root / path, tile, spare), (x, y))
         draw.text((x + tile / 2, y + tile + 3), caption, fill=_TEXT, font=font, anchor="ma")
     return sheet
+
+
+def tile_boxes(
+    n: int, tile: int = TILE, columns: int = COLUMNS
+) -> tuple[tuple[int, int], list[tuple[int, int, int, int]]]:
+    """The layout of a sheet of ``n`` tiles: its (width, height) and each tile's image box
+    (x, y, width, height) in pixels, so that a page can put a link over every image."""
+    cols = max(1, min(columns, n))
+    rows = max(1, -(-n // cols))
+    cell_w, cell_h = tile + _GAP, tile + _CAPTION + _GAP
+    boxes = [
+        (_GAP + (i % cols) * cell_w, _GAP + (i // cols) * cell_h, tile, tile) for i in range(n)
+    ]
+    return (cols * cell_w + _GAP, rows * cell_h + _GAP), boxes
 
 
 def png_bytes(image: Image.Image) -> bytes:
