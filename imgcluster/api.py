@@ -212,6 +212,8 @@ def _run(
         rd.write_assignments(out / rd.ASSIGNMENTS, images.cache.paths, clusters, confidence)
         if centroids is not None:
             rd.write_centroids(out / rd.CENTROIDS, centroids)
+        features = trainer.last_predictions.features  # type: ignore[union-attr]
+        _neighbours(out, features, images.cache, clusters, confidence, config.scl.k or 0)
         _export_and_report(out, images.cache.images, report, callback)
     problems = check_clusters(clusters, confidence, config.scl.k or 0)
     return FitResult(out, config, images.cache.paths, clusters, confidence, images.cache.skipped,
@@ -236,6 +238,23 @@ def _images(
     except ValueError as e:
         raise RunError(str(e)) from e
     return config, images, _known_classes(config, images, out, world.is_main)
+
+
+def _neighbours(
+    out: Path,
+    features: np.ndarray,
+    cache: Any,
+    clusters: np.ndarray,
+    confidence: np.ndarray,
+    k: int,
+) -> None:
+    """duplicates.csv and outliers.csv of the training images (:mod:`scoring.neighbours`)."""
+    from imgcluster.scoring import neighbours as nb
+
+    groups = nb.near_duplicates(features, lambda i: np.asarray(cache.images[i]), confidence)
+    rd.write_duplicates(out / rd.DUPLICATES, nb.duplicates_rows(groups, cache.paths))
+    found = nb.outliers(features, clusters, k)
+    rd.write_outliers(out / rd.OUTLIERS, nb.outliers_rows(found, cache.paths))
 
 
 def most_likely(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,8 @@ ASSIGNMENTS = "assignments.csv"
 SKIPPED = "skipped.csv"
 LABELS = "labels.csv"  # benchmark runs: the true class of every image, for ``eval``
 REPORT = "report"
+DUPLICATES = "duplicates.csv"  # group, path: near-identical training images
+OUTLIERS = "outliers.csv"  # cluster, path, similarity: each cluster's least typical images
 CENTROIDS = "centroids.npy"  # the MoCo + k-means baseline's cluster centroids, k×d
 MODEL = "model.onnx"  # written by ``export`` (and at the end of ``fit``), read by ``assign``
 # Written by ``assign --export-folders`` into its folder: the files it placed there.
@@ -97,6 +99,23 @@ def write_labels(path: Path, paths: Sequence[str], labels: Sequence[str]) -> Non
 def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
     """skipped.csv: path, reason for every file that looked like an image but was not used."""
     atomic_write_text(path, _csv_text(("path", "reason"), skipped))
+
+
+def write_duplicates(path: Path, rows: Sequence[Sequence[Any]]) -> None:
+    atomic_write_text(path, _csv_text(("group", "path"), rows))
+
+
+def write_outliers(path: Path, rows: Sequence[Sequence[Any]]) -> None:
+    atomic_write_text(path, _csv_text(("cluster", "path", "similarity"), rows))
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of one of the run's small CSV files (empty when it is missing)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
 
 
 def write_centroids(path: Path, centroids: np.ndarray) -> None:

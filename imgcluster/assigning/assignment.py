@@ -52,6 +52,7 @@ class AssignResult:
     compared: int = 0  # images in that comparison
     folders: FolderResult | None = None
     unsure: int = 0  # images under --unsure-below
+    duplicates: list[list[int]] | None = None  # near-identical groups (rows), when looked for
 
     @property
     def problems(self) -> list[Problem]:
@@ -81,6 +82,8 @@ class AssignResult:
             "unsure": self.unsure,
             "problems": [p.to_dict() for p in self.problems],
         }
+        if self.duplicates is not None:
+            out["duplicates"] = [[self.paths[i] for i in g] for g in self.duplicates]
         if self.folders is not None:
             f = self.folders
             out["export_folders"] = {
@@ -109,6 +112,7 @@ def assign(
     csv: Path | None = None,
     workers: int | None = None,
     follow_links: bool | None = None,
+    skip_duplicates: bool = False,
     progress: Callback | None = None,
 ) -> AssignResult:
     """Assign every image under ``source`` to a cluster of a run's exported model.
@@ -117,7 +121,9 @@ def assign(
     file instead. ``source`` defaults to the run's (the model's) training folder. The
     assignments go to ``csv``: by default ``OUT/assignments.csv`` with ``export_folders_to``,
     else ``assignments-<source name>.csv`` beside the model. Symbolic links out of ``source``
-    are followed only with ``follow_links`` (default: as the run's fit did). Raises
+    are followed only with ``follow_links`` (default: as the run's fit did).
+    ``skip_duplicates``: find near-identical images (:mod:`imgcluster.scoring.neighbours`) and
+    put only the most confident of each group into the cluster folders. Raises
     :class:`imgcluster.RunError` (one line) for anything the user can fix.
     """
     began = time.perf_counter()
@@ -136,6 +142,8 @@ def assign(
     if unsure_below is not None:
         result.unsure = int((result.confidence < unsure_below).sum())
     _compare_with_fit(result, run_dir)
+    if skip_duplicates:
+        result.duplicates = _duplicates(result, onnx.info.image_size)
     if out is not None:
         result.folders = _export(result, out, mode, unsure_below, progress)
     if out is None or result.csv != out / rd.ASSIGNMENTS:
@@ -309,12 +317,35 @@ def _export(
     targets = layout(
         result.paths, result.clusters, result.ranks, result.confidence, result.k, unsure_below
     )
+    left_out = {i for g in result.duplicates or [] for i in g[1:]}  # all but each group's first
+    kept = [i for i in range(len(result.paths)) if i not in left_out]
+
+    def index(files: list[str]) -> dict[str, bytes]:
+        """assignments.csv, with an empty file for each duplicate left out of the folders."""
+        where = dict(zip(kept, files, strict=True))
+        every = [where.get(i, "") for i in range(len(result.paths))]
+        return {rd.ASSIGNMENTS: assignments_csv(result, every).encode("utf-8")}
+
     return export_folders(
         out,
-        [result.source / p for p in result.paths],
-        targets,
+        [result.source / result.paths[i] for i in kept],
+        [targets[i] for i in kept],
         [cluster_folder(c, result.k) for c in range(result.k)],
         mode,
-        lambda files: {rd.ASSIGNMENTS: assignments_csv(result, files).encode("utf-8")},
+        index,
         progress,
     )
+
+
+def _duplicates(result: AssignResult, size: int) -> list[list[int]]:
+    """Near-identical groups among the assigned images; candidates decoded again to compare."""
+    from imgcluster.data.decode import DecodeError, decode_image
+    from imgcluster.scoring.neighbours import near_duplicates
+
+    def image(i: int) -> np.ndarray | None:
+        try:
+            return decode_image(result.source / result.paths[i], size)
+        except DecodeError:
+            return None
+
+    return near_duplicates(result.embeddings, image, result.confidence)

@@ -68,6 +68,13 @@ def assign(
         metavar="",
     ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object.", metavar=""),
+    skip_duplicates: bool = typer.Option(
+        False,
+        "--skip-duplicates",
+        help="Find near-identical images (copies, resized or re-encoded) and put only the most "
+        "confident of each group into the folders; --json lists the groups.",
+        metavar="",
+    ),
     strict: bool = typer.Option(
         False, "--strict", help="Exit with status 3 when the clusters look degenerate.", metavar=""
     ),
@@ -81,7 +88,7 @@ def assign(
     options = {
         "run": run, "model": model, "export_folders_to": export_folders, "mode": mode,
         "batch_size": batch_size, "unsure_below": unsure_below, "csv": csv, "workers": workers,
-        "follow_links": True if follow_links else None,
+        "follow_links": True if follow_links else None, "skip_duplicates": skip_duplicates,
     }  # fmt: skip
     with user_errors(), Bars(console) as bars:
         result = assign_images(source, progress=bars.update, **options)
@@ -121,6 +128,12 @@ def print_assign_summary(result: Any) -> None:
     if result.skipped:
         examples = "; ".join(f"{p}: {r}" for p, r in result.skipped[:3])
         out_console.print(f"{plural(len(result.skipped), 'file')} skipped ({escape(examples)})")
+    if result.duplicates:
+        left = sum(len(g) - 1 for g in result.duplicates)
+        out_console.print(
+            f"{plural(len(result.duplicates), 'group')} of near-identical images: "
+            f"{plural(left, 'image')} left out of the folders (listed in assignments.csv)"
+        )
     print_problems(result.problems)
     if result.folders is not None and result.paths:
         first = escape(str(result.folders.out / cluster_folder(0, result.k)))

@@ -287,6 +287,7 @@ def _page(
             for p in problems
         ],  # fmt: skip
         _look_first(data, sizes, majority),
+        _duplicates(data),
         _nav(sizes, colors),
         _overview(figures),
         *[_cluster(c, data, sizes[c], sheets[c], colors[c], majority.get(c)) for c in range(k)],
@@ -316,6 +317,25 @@ def _look_first(data: _Run, sizes: np.ndarray, majority: dict[int, Any]) -> str:
         for what, c, detail in picks
     )
     return f"<section class='first'><h2>Look here first</h2><ul>{items}</ul></section>"
+
+
+def _duplicates(data: _Run) -> str:
+    """The near-duplicate groups of duplicates.csv, the first few named."""
+    rows = rd.read_rows(data.run / rd.DUPLICATES)
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row["path"])
+    if not groups:
+        return ""
+    shown = list(groups.values())[:10]
+    items = "".join("<li>" + " = ".join(_e(p) for p in g) + "</li>" for g in shown)
+    more = f"<p class='note'>and {len(groups) - len(shown)} more</p>" if len(groups) > 10 else ""
+    title = f"{len(groups)} group" + ("" if len(groups) == 1 else "s")
+    return (f"<section class='first'><h2>Near-duplicates: {title}</h2>"
+            f"<p class='note'>Near-identical images (copies, resized or re-encoded): "
+            f"<a href='../{rd.DUPLICATES}'>{rd.DUPLICATES}</a>; <code>imgcluster assign "
+            f"--skip-duplicates</code> sorts only the first of each.</p><ul>{items}</ul>{more}"
+            "</section>")  # fmt: skip
 
 
 def _nav(sizes: np.ndarray, colors: list[str]) -> str:
@@ -371,12 +391,15 @@ def _cluster(
     )
     if labelled is not None and size:
         stats += f" · mostly {labelled.majority} ({labelled.purity:.0%} of it)"
+    odd = [r["path"] for r in rd.read_rows(data.run / rd.OUTLIERS) if r["cluster"] == str(c)]
     parts = [
         f"<section class='cluster' id='cluster-{c}' style='border-left-color:{color}'>",
         f"<h2><span class='dot' style='background:{color}'></span>Cluster {c}"
         f"<span class='folder'>{cluster_folder(c, data.config.scl.k)}/</span></h2>",
         f"<p class='stats'>{stats}</p>",
     ]
+    if odd:
+        parts.append(f"<p class='note'>least typical (outliers.csv): {_e(', '.join(odd))}</p>")
     root, folder = Path(data.config.data.source), data.run / rd.REPORT
     parts += [_sheet_html(sheet, label, root, folder) for label, sheet in sheets]
     parts.append("</section>")

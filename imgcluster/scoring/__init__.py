@@ -1,1 +1,2 @@
-"""Scores against known classes: metrics, label files, eval, per-epoch diagnostics."""
+"""How good a clustering is: scores against known classes, label-free warnings, near-duplicates
+and outliers, per-epoch diagnostics."""
