@@ -20,10 +20,10 @@ from imgcluster.data import workers
 from imgcluster.data.cache import (
     ImageCache,
     build_cache,
-    cache_dir_default,
     cache_key,
     default_image_size,
 )
+from imgcluster.data.cache_folder import cache_dir_default
 from imgcluster.data.decode import decode_image
 from imgcluster.data.scan import scan_folder
 
@@ -346,7 +346,7 @@ def test_clear_removes_only_the_caches_files(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from imgcluster.cli import app
-    from imgcluster.data.cache import cache_files, clear_cache
+    from imgcluster.data.cache_folder import cache_files, clear_cache
 
     key = "0123456789abcdef01234567"
     killed = f"{key}.npy.tmp-{dead_pid()}"  # a build whose process is gone

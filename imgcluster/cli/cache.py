@@ -23,7 +23,7 @@ def cache(
     ),  # fmt: skip
 ) -> None:
     """Show the decode cache's folder and size; --clear empties it."""
-    from imgcluster.data.cache import cache_dir_default, cache_files, clear_cache
+    from imgcluster.data.cache_folder import cache_dir_default, cache_files, clear_cache
 
     folder = cache_dir if cache_dir is not None else cache_dir_default()
     where = escape(str(folder))

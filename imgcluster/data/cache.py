@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import PIL
 
 from imgcluster.atomic import fsync_dir, process_alive, replace_atomically
 from imgcluster.data import workers as workers_mod
+from imgcluster.data.cache_folder import cache_dir_default
 from imgcluster.data.decode import DecodeError, decode_image, image_shape, resize_array
 from imgcluster.events import Callback, Progress
 
@@ -94,18 +94,6 @@ class ImageCache:
     reused: bool
 
 
-def cache_dir_default() -> Path:
-    """The cache folder: ``$IMGCLUSTER_CACHE_DIR``, else ``$XDG_CACHE_HOME/imgcluster``, else
-    ``~/.cache/imgcluster``."""
-    explicit = os.environ.get("IMGCLUSTER_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg and os.path.isabs(xdg):  # the XDG spec says to ignore relative values
-        return Path(xdg) / "imgcluster"
-    return Path.home() / ".cache" / "imgcluster"
-
-
 def cache_key(root: Path, paths: Sequence[str], size: int, stamps: Stamps | None = None) -> str:
     """Hex key over each file's relative path, byte size and mtime, the image size and decoder.
 
@@ -125,36 +113,6 @@ def cache_key(root: Path, paths: Sequence[str], size: int, stamps: Stamps | None
         # NUL cannot occur in a file name, so the fields cannot run into each other.
         digest.update(f"{rel}\0{stamp}\0".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:24]
-
-
-# The files of one cached array: <key>.npy, its manifest <key>.json, and temporaries
-# <key>.npy.tmp-<pid> of builds in progress (or killed); key = 24 hex digits (cache_key).
-_CACHE_FILE = re.compile(r"[0-9a-f]{24}\.(npy|json|npy\.tmp-\d+.*)")
-
-
-def cache_files(folder: Path) -> list[Path]:
-    """The files imgcluster's decode cache holds in ``folder`` (nothing else that is there)."""
-    try:
-        return sorted(p for p in Path(folder).iterdir() if _CACHE_FILE.fullmatch(p.name))
-    except OSError:
-        return []
-
-
-def clear_cache(folder: Path) -> tuple[int, int]:
-    """Delete the cache's files in ``folder`` (see :func:`cache_files`), leaving any other file
-    alone; returns (files, bytes) removed. A build in progress by a live process is kept."""
-    removed = size = 0
-    for path in cache_files(folder):
-        pid = path.name.rpartition(".tmp-")[2].split("-")[0] if ".tmp-" in path.name else ""
-        if pid.isdigit() and process_alive(int(pid)):
-            continue
-        try:
-            nbytes = path.stat().st_size
-            path.unlink()
-        except OSError:
-            continue
-        removed, size = removed + 1, size + nbytes
-    return removed, size
 
 
 def _stamp(path: str) -> tuple[int, int]:

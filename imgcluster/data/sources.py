@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from imgcluster.config import RunConfig
-from imgcluster.data.cache import ImageCache, build_cache, cache_dir_default, default_image_size
+from imgcluster.data.cache import ImageCache, build_cache, default_image_size
+from imgcluster.data.cache_folder import cache_dir_default
 from imgcluster.data.scan import scan_folder
 from imgcluster.errors import RunError
 from imgcluster.events import Callback

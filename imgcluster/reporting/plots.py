@@ -17,11 +17,13 @@ from matplotlib.figure import Figure
 
 _DPI = 110
 _GRID = {"color": "#e4e4ea", "linewidth": 0.8}
+# Plain words in the legend; the equations (docs/method.md): total = Eq. 7, telling images apart
+# across clusters = L_ID (Eq. 1-2), the classifier = L_CD (Eq. 4), each image from all = InfoNCE.
 _LOSSES = (
-    ("loss", "total (Eq. 7)"),
-    ("loss_id", "L_ID (Eq. 1-2)"),
-    ("loss_cd", "L_CD (Eq. 4)"),
-    ("loss_instance", "instance"),
+    ("loss", "total"),
+    ("loss_id", "images apart, across clusters"),
+    ("loss_cd", "cluster classifier"),
+    ("loss_instance", "each image from all others"),
 )
 
 
@@ -106,13 +108,15 @@ def training_curves(history: Sequence[dict[str, Any]]) -> bytes | None:
         return None
     epochs = [r.get("epoch", i + 1) for i, r in enumerate(history)]
     marker = {"marker": "o", "markersize": 3} if len(epochs) < 25 else {}
-    fig = _figure(11.0, 3.3)
+    fig = _figure(11.0, 3.9)
     losses, flips, lr = fig.subplots(1, 3, width_ratios=[1.4, 1, 1])
     for key, label in _LOSSES:
         values = [r.get(key) for r in history]
         if any(v is not None for v in values):
             losses.plot(epochs, [np.nan if v is None else v for v in values], label=label, **marker)
-    losses.legend(fontsize=8, frameon=False)
+    # Under the plot, not over the lines.
+    losses.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.22),
+                  ncol=2)  # fmt: skip
     flips.plot(epochs, [r.get("label_flips", np.nan) for r in history], color="#c0392b", **marker)
     lr.plot(epochs, [r.get("lr", np.nan) for r in history], color="#7f8c8d", **marker)
     titles = ("losses", "pseudo labels changed", "learning rate")
