@@ -111,11 +111,14 @@ def resume(
     """
     run_dir = Path(run_dir)
     if not (run_dir / rd.CONFIG).is_file():
-        raise RunError(f"nothing to resume in {run_dir}: no run was started there")
+        raise RunError(
+            f"nothing to resume in {run_dir}: no run saved its settings there (a run stopped "
+            "while decoding its images has none): start it again without --resume"
+        )
     saved = RunConfig.from_dict(rd.read_json(run_dir / rd.CONFIG))
     try:
         config = saved.replace(**(changes or {}))
-    except TypeError as e:
+    except (TypeError, AttributeError) as e:
         raise RunError(f"cannot resume with {changes}: {e}") from e
     budgeted = "time_budget_minutes" in (changes or {}).get("optim", {})
     return _on_every_rank(config, run_dir, True, budgeted, callback, report)

@@ -255,3 +255,26 @@ def test_package_evaluate_is_the_function_whatever_was_imported_first() -> None:
         callable(imgcluster.evaluate)
         and imgcluster.evaluate is imgcluster.scoring.evaluate.evaluate
     )
+
+
+def test_eval_updates_the_runs_report_and_says_so(tiny_run: Path, tmp_path: Path) -> None:
+    """Labels given to `eval` for a run without its own: kept in the run, and the report is
+    redrawn with the scores; --no-report leaves it alone."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    paths = rundir.read_assignments(run / rundir.ASSIGNMENTS)[0]
+    labels = tmp_path / "mine.csv"
+    rundir.write_labels(labels, paths, [p.split("/")[0] for p in paths])
+    before = (run / "report" / "index.html").read_text(encoding="utf-8")
+    assert "agreement with the labels" not in before
+    skipped = CliRunner().invoke(app, ["eval", "--run", str(run), "--labels", str(labels),
+                                       "--no-report"])  # fmt: skip
+    assert skipped.exit_code == 0 and not (run / rundir.LABELS).exists()
+    result = CliRunner().invoke(app, ["eval", "--run", str(run), "--labels", str(labels)])
+    assert result.exit_code == 0, result.output
+    assert "report updated" in result.output
+    page = (run / "report" / "index.html").read_text(encoding="utf-8")
+    scores = evaluate(labels, run=run).scores
+    assert f"ACC {scores.acc:.3f}" in page and (run / rundir.LABELS).is_file()

@@ -35,6 +35,9 @@ def evaluate(
         help="Also draw the confusion matrix here (.png, .svg, .pdf); a run's always goes to "
         "its report/confusion.png.",
     ),
+    no_report: bool = typer.Option(
+        False, "--no-report", help="Leave the run's report as it is.", metavar=""
+    ),
 ) -> None:
     """Score clusters against true labels: ACC (Hungarian), NMI, ARI, confusion matrix."""
     from imgcluster.api import evaluate as evaluate_run
@@ -45,6 +48,31 @@ def evaluate(
         typer.echo(json.dumps(result.to_dict()))
     else:
         print_evaluation(result)
+    if (
+        result.run is not None
+        and not no_report
+        and (result.run / "report" / "index.html").is_file()
+    ):
+        with user_errors(), console.status("updating the run's report with these scores"):
+            page = _update_report(result)
+        if not json_output and page is not None:
+            out_console.print(f"report updated with these scores: [bold]{escape(str(page))}[/]")
+
+
+def _update_report(result: Any) -> Path | None:
+    """The run's report redrawn with the scores. A run without labels.csv keeps the labels
+    just matched there (``fit --labels`` would have); a run with its own is redrawn only when
+    those were the labels scored."""
+    from imgcluster import rundir as rd
+    from imgcluster.api import report
+
+    own = result.run / rd.LABELS
+    if not own.is_file():
+        m = result.matched
+        rd.write_labels(own, list(m.paths), [str(c) for c in m.classes])
+    elif own.resolve() != Path(result.labels).resolve():
+        return None
+    return report(result.run).path
 
 
 def print_evaluation(result: Any) -> None:

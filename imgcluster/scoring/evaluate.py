@@ -52,6 +52,8 @@ class Evaluation:
     only_in_assignments: list[str] = field(default_factory=list)
     only_in_labels: list[str] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
+    run: Path | None = None  # the run whose own assignments were scored
+    matched: Matched | None = None  # the images scored, with their clusters and classes
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +117,8 @@ def evaluate(
         only_in_assignments=matched.only_in_assignments,
         only_in_labels=matched.only_in_labels,
         plots=plots,
+        run=run if own else None,
+        matched=matched,
     )
 
 
