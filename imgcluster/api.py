@@ -74,6 +74,24 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)  # signs of a poor clustering
 
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready facts (``fit --json``)."""
+        k = int(self.config.scl.k or 0)
+        sizes = np.bincount(self.clusters, minlength=k).tolist() if k else []
+        means = [round(float(self.confidence[self.clusters == c].mean()), 6) if n else None
+                 for c, n in enumerate(sizes)]  # fmt: skip
+        return {
+            "run_dir": str(self.run_dir),
+            "images": len(self.paths),
+            "k": k,
+            "cluster_sizes": sizes,
+            "mean_confidence": means,
+            "epochs": self.epochs,
+            "device": self.device,
+            "skipped": len(self.skipped),
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
 
 def fit(
     config: RunConfig,

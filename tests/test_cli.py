@@ -43,8 +43,11 @@ def trained(cifar_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("runs") / "cifar"
     # Small batches give the short run enough steps for the features to start to spread.
     args = ["fit", str(cifar_subset), "--k", "10", "--out", str(out), "--epochs", str(EPOCHS)]
-    result = run_cli(*args, "--batch-size", "32", "--momentum", "0.99", "--device", "cpu")
+    result = run_cli(*args, "--batch-size", "32", "--momentum", "0.99", "--device", "cpu", "--json")
     assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)  # --json: one object, nothing else on stdout
+    assert summary["images"] == 10 * PER_CLASS and sum(summary["cluster_sizes"]) == 10 * PER_CLASS
+    assert summary["epochs"] == EPOCHS and isinstance(summary["problems"], list)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,13 @@ def fit(
         "history.jsonl; never used for training.",
         rich_help_panel="Basics",
     ),
+    json_output: bool = typer.Option(
+        False,
+        "--json",
+        help="Print one JSON object (sizes, confidences, problems) instead of the summary.",
+        rich_help_panel="Basics",
+        metavar="",
+    ),
     strict: bool = typer.Option(
         False,
         "--strict",
@@ -341,7 +349,10 @@ def fit(
                                           report=not no_report)  # fmt: skip
         result = run_fit(job, out, verbose)
     if result is not None:  # None on torchrun's other ranks: rank 0 reports
-        print_fit_summary(result, report=not no_report)
+        if json_output:
+            typer.echo(json.dumps(result.summary(), sort_keys=True))
+        else:
+            print_fit_summary(result, report=not no_report)
         exit_if_strict(result.problems, strict)
 
 
