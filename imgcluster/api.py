@@ -30,7 +30,7 @@ from imgcluster import rundir as rd
 from imgcluster.config import RunConfig, resolve
 from imgcluster.errors import RunError
 from imgcluster.events import Callback, Progress, message, silent
-from imgcluster.scoring.health import Problem, check_clusters
+from imgcluster.scoring.health import Problem, check_clusters, per_cluster
 
 if TYPE_CHECKING:
     import torch
@@ -77,9 +77,7 @@ class FitResult:
     def summary(self) -> dict[str, Any]:
         """JSON-ready facts (``fit --json``)."""
         k = int(self.config.scl.k or 0)
-        sizes = np.bincount(self.clusters, minlength=k).tolist() if k else []
-        means = [round(float(self.confidence[self.clusters == c].mean()), 6) if n else None
-                 for c, n in enumerate(sizes)]  # fmt: skip
+        sizes, means = per_cluster(self.clusters, self.confidence, k)
         return {
             "run_dir": str(self.run_dir),
             "images": len(self.paths),

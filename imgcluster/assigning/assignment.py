@@ -29,7 +29,7 @@ from imgcluster.atomic import atomic_write_bytes
 from imgcluster.data.scan import ScanResult, scan_folder
 from imgcluster.errors import RunError
 from imgcluster.events import Callback, Progress, silent
-from imgcluster.scoring.health import Problem, check_clusters
+from imgcluster.scoring.health import Problem, check_clusters, per_cluster
 
 
 @dataclass
@@ -65,14 +65,14 @@ class AssignResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready facts (for ``assign --json``)."""
-        sizes = np.bincount(self.clusters, minlength=self.k).tolist() if self.k else []
+        sizes, means = per_cluster(self.clusters, self.confidence, self.k)
         out = {
             "source": str(self.source),
             "model": str(self.model),
             "images": len(self.paths),
             "k": self.k,
             "cluster_sizes": sizes,
-            "mean_confidence": [_mean(self.confidence[self.clusters == c]) for c in range(self.k)],
+            "mean_confidence": means,
             "assignments_csv": str(self.csv),
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "agreement_with_fit": self.agreement,
@@ -94,10 +94,6 @@ class AssignResult:
                 "renamed": [list(pair) for pair in f.renamed],
             }
         return out
-
-
-def _mean(values: np.ndarray) -> float | None:
-    return round(float(values.mean()), 6) if len(values) else None
 
 
 def assign(

@@ -40,23 +40,28 @@ def kmeans(
     return assigned[:, 0].astype(np.int64), np.asarray(km.centroids)
 
 
+def cluster_centroids(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """The l2-normalised mean of each cluster's features, ``k×d`` (a zero row when empty)."""
+    features = np.asarray(features, dtype=np.float32)
+    sums = np.zeros((k, features.shape[1]), dtype=np.float32)
+    np.add.at(sums, np.asarray(labels, dtype=np.int64), features)
+    return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+
+
 def centroid_probabilities(
     features: np.ndarray, labels: np.ndarray, k: int, temperature: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k-means step as a classifier, for the MoCo + k-means baseline.
 
-    Centroids: the l2-normalised mean of each cluster's unit features (``k×d``; a zero row for
-    an empty cluster). Probabilities: ``softmax(features · centroidsᵀ / τ)``, ``N×k``. Returns
-    (probabilities, centroids); ``export`` puts the same centroids into model.onnx.
+    Centroids: :func:`cluster_centroids` of the unit features. Probabilities:
+    ``softmax(features · centroidsᵀ / τ)``, ``N×k``. Returns (probabilities, centroids);
+    ``export`` puts the same centroids into model.onnx.
     """
-    features = np.asarray(features, dtype=np.float32)
-    sums = np.zeros((k, features.shape[1]), dtype=np.float32)
-    np.add.at(sums, np.asarray(labels, dtype=np.int64), features)
-    centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    logits = features @ centroids.T / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    return probs / probs.sum(axis=1, keepdims=True), centroids
+    from scipy.special import softmax
+
+    centroids = cluster_centroids(features, labels, k)
+    logits = np.asarray(features, dtype=np.float32) @ centroids.T / temperature
+    return softmax(logits, axis=1), centroids
 
 
 def _gpus(faiss: object) -> int:

@@ -275,6 +275,9 @@ def _page(
         facts.append(("agreement with the labels", f"ACC {sc.acc:.3f} · NMI {sc.nmi:.3f} · "
                       f"ARI {sc.ari:.3f}"))  # fmt: skip
     majority = {c.cluster: c for c in evaluation.per_cluster} if evaluation is not None else {}
+    odd: dict[int, list[str]] = {}
+    for row in rd.read_rows(data.run / rd.OUTLIERS):  # read once for every cluster
+        odd.setdefault(int(row["cluster"]), []).append(row["path"])
     problems = check_clusters(data.clusters, data.confidence, k)
     body = [
         f"<header><h1>{_e(data.run.name)}</h1><p class='sub'>imgcluster report · "
@@ -291,7 +294,10 @@ def _page(
         _duplicates(data),
         _nav(sizes, colors),
         _overview(figures),
-        *[_cluster(c, data, sizes[c], sheets[c], colors[c], majority.get(c)) for c in range(k)],
+        *[
+            _cluster(c, data, sizes[c], sheets[c], colors[c], majority.get(c), odd.get(c, []))
+            for c in range(k)
+        ],  # fmt: skip
     ]
     body += [f"<p class='note'>{_e(note)}</p>" for note in data.notes]
     title = f"imgcluster report: {data.run.name}"
@@ -381,7 +387,9 @@ def _cluster(
     sheets: list[tuple[str, _Sheet]],
     color: str,
     labelled: Any = None,
+    odd: list[str] | None = None,
 ) -> str:
+    """One cluster's section; ``odd``: its least typical images (outliers.csv)."""
     conf = data.confidence[data.clusters == c]
     share = size / max(1, len(data.paths))
     stats = (
@@ -392,7 +400,6 @@ def _cluster(
     )
     if labelled is not None and size:
         stats += f" · mostly {labelled.majority} ({labelled.purity:.0%} of it)"
-    odd = [r["path"] for r in rd.read_rows(data.run / rd.OUTLIERS) if r["cluster"] == str(c)]
     parts = [
         f"<section class='cluster' id='cluster-{c}' style='border-left-color:{color}'>",
         f"<h2><span class='dot' style='background:{color}'></span>Cluster {c}"

@@ -77,6 +77,16 @@ def check_clusters(clusters: np.ndarray, confidence: np.ndarray, k: int) -> list
     return problems
 
 
+def per_cluster(
+    clusters: np.ndarray, confidence: np.ndarray, k: int
+) -> tuple[list[int], list[float | None]]:
+    """Each cluster's size and mean confidence (None when empty), for summaries and --json."""
+    sizes = np.bincount(np.asarray(clusters, dtype=np.int64), minlength=k).tolist() if k else []
+    means = [round(float(confidence[clusters == c].mean()), 6) if n else None
+             for c, n in enumerate(sizes)]  # fmt: skip
+    return sizes, means
+
+
 def confidence_words(confidence: float, k: int) -> str:
     """A confidence against chance, e.g. ``0.62 (6.2× chance, 1/k = 0.10)``."""
     return f"{confidence:.2f} ({confidence * k:.1f}× chance, 1/k = {1 / k:.2f})"

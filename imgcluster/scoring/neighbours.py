@@ -4,8 +4,8 @@
   faiss) are at least :data:`CANDIDATE_SIMILARITY` alike are candidates; a candidate pair counts
   when the images themselves agree too: their 16×16 greyscale thumbnails correlate at
   :data:`PIXEL_CORRELATION` or more (a copy, a resized or re-encoded copy does; two photos of
-  the same kind of thing do not). Pairs link into groups (union-find); each group is listed
-  most confident first.
+  the same kind of thing do not). Pairs link into groups (connected components); each group
+  is listed most confident first.
 - Outliers: in each cluster, the images least like its centre (the normalised mean embedding),
   the ones most likely to be misplaced or odd.
 
@@ -18,6 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from imgcluster.method.kmeans import cluster_centroids
 
 CANDIDATE_SIMILARITY = 0.9  # embeddings at least this alike are compared pixel by pixel
 PIXEL_CORRELATION = 0.95  # thumbnails correlating this much are the same picture
@@ -62,24 +66,20 @@ def near_duplicates(
             thumbs[i] = thumbnail(img) if img is not None else None
         return thumbs[i]
 
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    pairs = []
     for i in range(n):
         for sim, j in zip(sims[i], ids[i], strict=True):
             if j <= i or sim < CANDIDATE_SIMILARITY:
                 continue
             a, b = thumb(i), thumb(int(j))
             if a is not None and b is not None and float(a @ b) >= PIXEL_CORRELATION:
-                parent[root(int(j))] = root(i)
+                pairs.append((i, int(j)))
+    rows, cols = zip(*pairs) if pairs else ((), ())
+    linked = coo_matrix((np.ones(len(pairs)), (rows, cols)), shape=(n, n))
+    _, component = connected_components(linked, directed=False)
     groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(root(i), []).append(i)
+    for i, c in enumerate(component):
+        groups.setdefault(int(c), []).append(i)
     order = confidence if confidence is not None else np.zeros(n)
     found = [sorted(g, key=lambda i: (-order[i], i)) for g in groups.values() if len(g) > 1]
     return sorted(found, key=lambda g: g[0])
@@ -91,14 +91,13 @@ def outliers(
     """(row, cluster, cosine similarity to its cluster's centre) of the ``per_cluster`` least
     typical images of each cluster of two or more, least typical first."""
     x = np.asarray(embeddings, dtype=np.float32)
+    centres = cluster_centroids(x, clusters, k)
     found = []
     for c in range(k):
         members = np.flatnonzero(clusters == c)
         if len(members) < 2:
             continue
-        centre = x[members].mean(axis=0)
-        centre /= max(float(np.linalg.norm(centre)), 1e-12)
-        sims = x[members] @ centre
+        sims = x[members] @ centres[c]
         for r in np.argsort(sims, kind="stable")[:per_cluster]:
             found.append((int(members[r]), c, float(sims[r])))
     return found
