@@ -193,8 +193,9 @@ def _run(
 
     if not (config.data.source or config.data.benchmark):
         raise RunError("no source folder given")
-    state, created = None, False
+    state, created, pretrained = None, False, None
     if not resuming:
+        pretrained = _pretrained_start(config, callback)  # a missing file fails before any folder
         created = out is None or not out.exists()
         out = main_decides(lambda: new_run_dir(config, out))  # rank 0 numbers it
     else:
@@ -215,7 +216,7 @@ def _run(
         meta = {"version": __version__, "world_size": world.world_size}
         rd.write_json(out / rd.CONFIG, {**config.to_dict(), **meta})
         rd.write_skipped(out / rd.SKIPPED, images.cache.skipped)
-    trainer = Trainer(config, images.cache, device, world, truth)
+    trainer = Trainer(config, images.cache, device, world, truth, pretrained)
     if state is not None and config.optim.epochs != state["config"]["optim"]["epochs"]:
         state["epochs_total"] = config.optim.epochs  # a new epoch count replaces the plan
     history = start_history(trainer, out, state)
@@ -237,6 +238,21 @@ def _run(
     problems = check_clusters(clusters, confidence, config.scl.k or 0)
     return FitResult(out, config, images.cache.paths, clusters, confidence, images.cache.skipped,
                      trainer.epoch, str(device), history, problems)  # fmt: skip
+
+
+def _pretrained_start(config: RunConfig, callback: Callback) -> dict[str, Any] | None:
+    """The backbone weights of ``--init`` (None without it), matched to the backbone."""
+    if not config.model.init:
+        return None
+    from imgcluster.method.model import build_backbone
+    from imgcluster.method.pretrained import load_start
+
+    backbone = build_backbone(config.model.backbone, config.model.stem)
+    start, loaded = load_start(
+        backbone, config.model.init, config.model.backbone, config.data.download
+    )
+    message(callback, loaded.summary())
+    return start
 
 
 def _images(

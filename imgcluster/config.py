@@ -19,11 +19,14 @@ DEFAULT_EPOCHS = 200  # the paper's
 # paper's 200, then ends a run that trains fast (measured: docs/benchmarks.md).
 BUDGET_MAX_EPOCHS = 1000
 
-Backbone = Literal["auto", "resnet34", "resnet18", "small"]
+Backbone = Literal["auto", "resnet34", "resnet18", "resnet50", "small"]
 Method = Literal["scl", "moco-kmeans"]
 Device = Literal["auto", "cpu", "cuda"]
 
-BACKBONES: tuple[str, ...] = ("resnet34", "resnet18", "small")
+BACKBONES: tuple[str, ...] = ("resnet34", "resnet18", "resnet50", "small")
+# Training side S with a pretrained start when none is given, per device: ImageNet's stem
+# shrinks the input 32x, so 96 px still leaves a 3x3 map at the last stage (ours).
+PRETRAINED_IMAGE_SIZE: dict[str, int] = {"cpu": 96, "cuda": 160}
 METHODS: tuple[str, ...] = ("scl", "moco-kmeans")
 
 
@@ -63,6 +66,16 @@ class ModelConfig:
     backbone: Backbone = "auto"
     feature_dim: int = 128
     projector_bn: bool = True
+    # A pretrained start (imgcluster.method.pretrained): "imagenet" (torchvision's weights of
+    # the backbone) or a weights file; the ResNet then keeps ImageNet's stem.
+    init: str | None = None
+    # Train only the projector, the memories and the heads; the backbone stays as loaded.
+    freeze_encoder: bool = False
+
+    @property
+    def stem(self) -> str:
+        """The ResNet stem: ImageNet's with a pretrained start, else PICA's small-image one."""
+        return "imagenet" if self.init else "pica"
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,9 @@ class OptimConfig:
     # features with the gradient stopped (Eq. 4), where a step of lr 0.03 moves a logit by
     # ~0.03·(p̃−p): at the paper's rate a head trails its moving targets by many epochs.
     head_lr_scale: float = 100.0
+    # The backbone learns at encoder_lr_scale × lr. None: 0.1 with a pretrained start, so
+    # fine-tuning does not wash out what it brings; else 1.
+    encoder_lr_scale: float | None = None
     weight_decay: float = 5e-4
     sgd_momentum: float = 0.9
     time_budget_minutes: float | None = None
@@ -176,6 +192,14 @@ class RunConfig:
             raise ValueError(f"batch size must be at least 2, got {self.optim.batch_size}")
         if self.optim.lr <= 0:
             raise ValueError(f"learning rate must be positive, got {self.optim.lr}")
+        if self.optim.encoder_lr_scale is not None and self.optim.encoder_lr_scale <= 0:
+            raise ValueError(
+                f"encoder lr scale must be positive, got {self.optim.encoder_lr_scale}"
+            )
+        if self.model.freeze_encoder and not self.model.init:
+            raise ValueError("--freeze-encoder keeps the encoder as it starts: give --init too")
+        if self.model.init and self.model.backbone == "small":
+            raise ValueError("--init starts a ResNet: choose --backbone resnet18, 34 or 50")
         if self.optim.head_lr_scale <= 0:
             raise ValueError(f"head lr scale must be positive, got {self.optim.head_lr_scale}")
         budget = self.optim.time_budget_minutes
@@ -228,7 +252,11 @@ def resolve(config: RunConfig, device_type: str = "cpu") -> RunConfig:
     - ``model.backbone`` "auto": the paper's ResNet-34 on a GPU; on a CPU the net that clusters
       best within a time budget (docs/benchmarks.md: the small net);
     - ``optim.epochs`` None: :data:`DEFAULT_EPOCHS`, or with a time budget
-      :data:`BUDGET_MAX_EPOCHS` (the budget then sets the count after the first epoch).
+      :data:`BUDGET_MAX_EPOCHS` (the budget then sets the count after the first epoch);
+    - with a pretrained start (``model.init``): a file's absolute path, the image size
+      (:data:`PRETRAINED_IMAGE_SIZE` when not given) and a ResNet for "auto" (ResNet-50 on a
+      GPU, ResNet-18 on a CPU);
+    - ``optim.encoder_lr_scale`` None: 0.1 with a pretrained start, else 1.
 
     Raises ``ValueError`` for a setting that cannot work and
     :class:`imgcluster.errors.RunError` for a source that is not there.
@@ -246,7 +274,7 @@ def resolve(config: RunConfig, device_type: str = "cpu") -> RunConfig:
             bench = None
     if not config.data.benchmark:
         bench = None
-        if data.data_root or data.download:
+        if data.data_root or (data.download and config.model.init != "imagenet"):
             raise RunError(
                 f"--data-root and --download go with a benchmark set ({', '.join(BENCHMARKS)})"
             )
@@ -262,6 +290,17 @@ def resolve(config: RunConfig, device_type: str = "cpu") -> RunConfig:
         budgeted = config.optim.time_budget_minutes is not None
         config = config.replace(optim={"epochs": BUDGET_MAX_EPOCHS if budgeted else DEFAULT_EPOCHS})
     if config.model.backbone == "auto":
-        backbone = "resnet34" if device_type == "cuda" else "small"
+        if config.model.init:  # the pretrained net that a device can fine-tune in reasonable time
+            backbone = "resnet50" if device_type == "cuda" else "resnet18"
+        else:
+            backbone = "resnet34" if device_type == "cuda" else "small"
         config = config.replace(model={"backbone": backbone})
+    if config.model.init:
+        init = config.model.init
+        if init != "imagenet":
+            init = str(Path(init).resolve())
+        size = config.data.image_size or PRETRAINED_IMAGE_SIZE.get(device_type, 96)
+        config = config.replace(model={"init": init}, data={"image_size": size})
+    if config.optim.encoder_lr_scale is None:
+        config = config.replace(optim={"encoder_lr_scale": 0.1 if config.model.init else 1.0})
     return config

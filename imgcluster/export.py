@@ -139,6 +139,7 @@ def load_graph(run: Path, config: RunConfig) -> InferenceGraph:
         config.scl,
         config.model.feature_dim,
         projector_bn=config.model.projector_bn,
+        stem=config.model.stem,
     )
     head = scl.task(CLUSTERING).head if config.scl.method == "scl" else None
     try:

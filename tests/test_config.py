@@ -78,3 +78,21 @@ def test_epochs_default_to_the_papers_unless_a_budget_decides(tmp_path) -> None:
     assert resolve(budgeted).optim.epochs == BUDGET_MAX_EPOCHS
     given = budgeted.replace(optim={"epochs": 30})
     assert resolve(given).optim.epochs == 30
+
+
+def test_a_pretrained_start_resolves_to_a_resnet_its_size_and_a_slower_encoder(tmp_path) -> None:
+    folder = RunConfig().replace(data={"source": str(tmp_path)})
+    plain = resolve(folder)
+    assert plain.model.stem == "pica" and plain.optim.encoder_lr_scale == 1.0
+    assert plain.data.image_size is None  # chosen later, from the images
+    started = folder.replace(model={"init": "imagenet"}, data={"download": True})
+    cpu, gpu = resolve(started, "cpu"), resolve(started, "cuda")
+    assert (cpu.model.backbone, cpu.data.image_size) == ("resnet18", 96)
+    assert (gpu.model.backbone, gpu.data.image_size) == ("resnet50", 160)
+    assert cpu.model.stem == "imagenet" and cpu.optim.encoder_lr_scale == 0.1
+    relative = folder.replace(model={"init": "w.pth", "freeze_encoder": True})
+    assert resolve(relative).model.init == str((tmp_path.cwd() / "w.pth").resolve())
+    with pytest.raises(ValueError, match="give --init too"):
+        resolve(folder.replace(model={"freeze_encoder": True}))
+    with pytest.raises(ValueError, match="--init starts a ResNet"):
+        resolve(started.replace(model={"backbone": "small"}))

@@ -113,8 +113,10 @@ def test_small_parameter_count(backbones: dict[str, nn.Module]) -> None:
 
 
 def test_unknown_backbone_names_value() -> None:
-    with pytest.raises(ValueError, match="resnet50"):
-        build_backbone("resnet50")
+    with pytest.raises(ValueError, match="resnet101"):
+        build_backbone("resnet101")
+    with pytest.raises(ValueError, match="ImageNet stem"):
+        build_backbone("small", stem="imagenet")
     with pytest.raises(ValueError, match="auto"):
         Encoder("auto")
 

@@ -37,6 +37,9 @@ OPTION_FIELDS: dict[str, tuple[str, str]] = {
     "warmup": ("scl", "warmup"),
     "backbone": ("model", "backbone"),
     "projector_bn": ("model", "projector_bn"),
+    "init": ("model", "init"),
+    "freeze_encoder": ("model", "freeze_encoder"),
+    "encoder_lr_scale": ("optim", "encoder_lr_scale"),
     "image_size": ("data", "image_size"),
     "workers": ("data", "workers"),
     "cache_dir": ("data", "cache_dir"),
@@ -69,7 +72,8 @@ def changes_of(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @app.command(
     epilog="Examples:  imgcluster fit ./photos --k 10 --time-budget 30  ·  "
     "imgcluster fit --resume --out runs/photos --time-budget 10  ·  "
-    "imgcluster fit cifar10 --data-root ./data --preset paper",
+    "imgcluster fit cifar10 --data-root ./data --preset paper  ·  "
+    "imgcluster fit ./photos --init imagenet --freeze-encoder",
 )
 def fit(
     source: Path | None = typer.Argument(
@@ -114,15 +118,39 @@ def fit(
     ),
     backbone: str | None = typer.Option(
         None,
-        help="auto | resnet34 | resnet18 | small. auto: resnet34 on a GPU (the paper's), small on "
-        "a CPU (best clusters within a CPU time budget, see docs/benchmarks.md).",
+        help="auto | resnet34 | resnet18 | resnet50 | small. auto: resnet34 on a GPU (the "
+        "paper's), small on a CPU (best clusters within a CPU time budget, see "
+        "docs/benchmarks.md); with --init resnet50 on a GPU, resnet18 on a CPU.",
         rich_help_panel="Time and hardware",
+    ),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        help="Start the encoder from pretrained weights: imagenet (torchvision's, from "
+        "$TORCH_HOME/hub/checkpoints; --download fetches them) or a .pth/.pt/.safetensors "
+        "state dict of a torchvision or timm ResNet.",
+        rich_help_panel="Pretrained start",
+    ),
+    freeze_encoder: bool = typer.Option(
+        False,
+        "--freeze-encoder",
+        help="With --init: keep the pretrained encoder as it is and train only the projection, "
+        "memories and cluster heads (fast on a CPU).",
+        rich_help_panel="Pretrained start",
+        metavar="",
+    ),
+    encoder_lr_scale: float | None = typer.Option(
+        None,
+        "--encoder-lr-scale",
+        help="The backbone learns at this × the learning rate \\[default: 0.1 with --init, "
+        "else 1].",
+        rich_help_panel="Pretrained start",
     ),
     image_size: int | None = typer.Option(
         None,
         "--image-size",
         help="Side S of the square training images \\[default: 32 when the images are up to "
-        "~48 px, else 96].",
+        "~48 px, else 96; with --init 96 on a CPU, 160 on a GPU].",
         rich_help_panel="Time and hardware",
     ),
     batch_size: int | None = typer.Option(
@@ -233,7 +261,8 @@ def fit(
     download: bool = typer.Option(
         False,
         "--download",
-        help="Fetch cifar10, cifar100-20 or stl10 into --data-root first.",
+        help="Fetch cifar10, cifar100-20 or stl10 into --data-root first, and the weights "
+        "of --init imagenet into torch's cache.",
         rich_help_panel="Data",
         metavar="",
     ),
@@ -318,6 +347,8 @@ def fit(
         "augment": augment, "balance": balance, "warmup": warmup,
         "data_root": str(data_root) if data_root is not None else None,
         "download": True if download else None,
+        "init": init, "freeze_encoder": True if freeze_encoder else None,
+        "encoder_lr_scale": encoder_lr_scale,
     }  # fmt: skip
     changes = changes_of(options)
     if resume:
@@ -344,6 +375,8 @@ def fit(
             config.validate()  # before the slow imports and the decode
         except ValueError as e:
             fail(str(e))
+        if init not in (None, "imagenet") and not Path(init).is_file():
+            fail(f"--init: no such file: {init} (give imagenet or a weights file)")
         start_decoders(workers)
         job = lambda callback: _api().fit(config, out, callback=callback,  # noqa: E731
                                           report=not no_report)  # fmt: skip

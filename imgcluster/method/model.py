@@ -9,6 +9,10 @@ Scope
     (3x3 stride-1 conv, BN, ReLU, 2x2 stride-2 max-pool with padding 1) instead of ImageNet's
     7x7 stride-2 conv + 3x3 max-pool, so 32-px images are not shrunk 4x before the first stage.
     SCL uses ResNet-34 (as PICA) for every benchmark.
+  - ``resnet50``: torchvision's bottleneck ResNet-50 (``D = 2048``), mainly for pretrained
+    starts.
+  - With ``stem="imagenet"`` (``fit --init``, :mod:`.pretrained`) the ResNets keep ImageNet's
+    own stem, so that pretrained weights see the input they were trained on.
   - ``small``: a four-conv network (~0.5 M parameters) for fast runs on a CPU (ours).
 
 * :class:`Encoder` is backbone + MoCo v2 MLP projection head (batch-normalised hidden layer,
@@ -16,7 +20,9 @@ Scope
 * :class:`ClusterHead` is the linear classifier whose softmax gives cluster probabilities.
 * :func:`make_momentum_copy` / :func:`momentum_update` maintain MoCo's key encoder.
 
-All weights are randomly initialised (the paper trains from scratch); nothing here moves tensors
+All weights are randomly initialised (the paper trains from scratch; a pretrained start is
+loaded afterwards, :mod:`.pretrained`). ``Encoder(frozen=True)`` keeps the backbone's weights and
+batch-norm statistics fixed and runs it without gradients. Nothing here moves tensors
 to a device, so callers decide with ``.to(device)`` and may use ``memory_format=channels_last``.
 
 References
@@ -35,12 +41,17 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, ResNet
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-FEATURE_DIMS: dict[str, int] = {"resnet34": 512, "resnet18": 512, "small": 256}
+FEATURE_DIMS: dict[str, int] = {"resnet34": 512, "resnet18": 512, "resnet50": 2048, "small": 256}
 """Backbone name -> length ``D`` of its pooled feature vector."""
 
-_RESNET_LAYERS: dict[str, list[int]] = {"resnet34": [3, 4, 6, 3], "resnet18": [2, 2, 2, 2]}
+_RESNET_LAYERS: dict[str, tuple[type[nn.Module], list[int]]] = {
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+}
+STEMS: tuple[str, ...] = ("pica", "imagenet")
 
 # Output channels and strides of the small network's four 3x3 convolutions.
 _SMALL_WIDTHS: tuple[int, ...] = (32, 64, 128, 256)
@@ -50,17 +61,19 @@ _SMALL_STRIDES: tuple[int, ...] = (1, 2, 2, 2)
 _SMALL_DOWNSAMPLE_FROM: int = 64
 
 
-def _pica_resnet(layers: list[int]) -> ResNet:
-    """torchvision ResNet with PICA's small-image stem and no classifier.
-
-    Input ``B x 3 x S x S`` -> output ``B x 512``.
+def _resnet(name: str, stem: str) -> ResNet:
+    """torchvision ResNet ``name`` without its classifier, with PICA's small-image stem or
+    (``stem="imagenet"``) its own. Input ``B x 3 x S x S`` -> output ``B x FEATURE_DIMS[name]``.
     """
-    net = ResNet(BasicBlock, layers)
+    block, layers = _RESNET_LAYERS[name]
+    net = ResNet(block, layers)  # type: ignore[arg-type]
+    net.fc = nn.Identity()
+    if stem == "imagenet":
+        return net
     net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     # Same initialisation torchvision gives its own stem conv.
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     net.maxpool = nn.MaxPool2d(kernel_size=2, stride=2, padding=1)
-    net.fc = nn.Identity()
     return net
 
 
@@ -117,14 +130,18 @@ class SmallNet(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
-def build_backbone(name: str) -> nn.Module:
+def build_backbone(name: str, stem: str = "pica") -> nn.Module:
     """Randomly initialised backbone ``B x 3 x S x S -> B x FEATURE_DIMS[name]``.
 
     Raises ``ValueError`` for a name not in :data:`FEATURE_DIMS` (``"auto"`` must be resolved
-    by the caller first).
+    by the caller first), or an ImageNet stem asked of the small net.
     """
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
     if name in _RESNET_LAYERS:
-        return _pica_resnet(_RESNET_LAYERS[name])
+        return _resnet(name, stem)
+    if stem == "imagenet":
+        raise ValueError(f"the ImageNet stem goes with a ResNet, not {name!r}")
     if name == "small":
         return SmallNet()
     raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(FEATURE_DIMS)}")
@@ -137,10 +154,21 @@ class Encoder(nn.Module):
     ``features``: ``B x 3 x S x S`` -> ``B x D`` pooled backbone features (before the head).
     """
 
-    def __init__(self, backbone: str, feature_dim: int = 128, projector_bn: bool = True) -> None:
+    def __init__(
+        self,
+        backbone: str,
+        feature_dim: int = 128,
+        projector_bn: bool = True,
+        stem: str = "pica",
+        frozen: bool = False,
+    ) -> None:
         super().__init__()
         self.backbone_name = backbone
-        self.backbone = build_backbone(backbone)
+        self.backbone = build_backbone(backbone, stem)
+        self.frozen = frozen
+        if frozen:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
         dim = FEATURE_DIMS[backbone]
         self.backbone_dim = dim
         self.feature_dim = feature_dim
@@ -153,13 +181,23 @@ class Encoder(nn.Module):
             hidden.append(nn.BatchNorm1d(dim))
         self.projector = nn.Sequential(*hidden, nn.ReLU(inplace=True), nn.Linear(dim, feature_dim))
 
+    def train(self, mode: bool = True) -> Encoder:
+        """As ``nn.Module.train``, but a frozen backbone stays in eval mode (fixed statistics)."""
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
     def features(self, x: Tensor) -> Tensor:
         """Pooled backbone features, ``B x 3 x S x S`` -> ``B x D``."""
+        if self.frozen:
+            with torch.no_grad():
+                return self.backbone(x)
         return self.backbone(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Unit-norm embeddings, ``B x 3 x S x S`` -> ``B x feature_dim``."""
-        return F.normalize(self.projector(self.backbone(x)), dim=1)
+        return F.normalize(self.projector(self.features(x)), dim=1)
 
 
 class ClusterHead(nn.Module):
@@ -197,7 +235,8 @@ def momentum_update(online: nn.Module, momentum_copy: nn.Module, m: float) -> No
     Parameters only, as in MoCo: buffers (BatchNorm running mean/var) are *not* averaged --
     the key encoder keeps the running statistics its own forward passes compute. ``m = 1``
     leaves the copy unchanged; ``m = 0`` copies the online weights. The two modules must have
-    the same architecture (parameters are paired in registration order).
+    the same architecture (parameters are paired in registration order); parameters the online
+    module does not train are skipped.
     """
     q_params = list(online.parameters())
     k_params = list(momentum_copy.parameters())
@@ -205,6 +244,9 @@ def momentum_update(online: nn.Module, momentum_copy: nn.Module, m: float) -> No
         raise ValueError(
             f"online has {len(q_params)} parameter tensors, momentum copy {len(k_params)}"
         )
+    # A frozen online parameter (Encoder(frozen=True)) is left alone: its copy already equals it.
+    pairs = [(q, k) for q, k in zip(q_params, k_params, strict=True) if q.requires_grad]
+    q_params, k_params = [q for q, _ in pairs], [k for _, k in pairs]
     # One fused kernel per op over all tensors instead of a Python loop of ~100 small ops.
     torch._foreach_mul_(k_params, m)
     torch._foreach_add_(k_params, q_params, alpha=1.0 - m)

@@ -119,11 +119,13 @@ class SCL(nn.Module):
         feature_dim: int = 128,
         seed: int = 0,
         projector_bn: bool = True,
+        stem: str = "pica",
+        frozen: bool = False,
     ) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.cfg = cfg
-        self.encoder = Encoder(backbone, feature_dim, projector_bn)
+        self.encoder = Encoder(backbone, feature_dim, projector_bn, stem, frozen)
         self.momentum_encoder = make_momentum_copy(self.encoder)
         self.tasks = nn.ModuleDict()
         if cfg.method == "scl":

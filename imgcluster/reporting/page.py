@@ -266,6 +266,7 @@ def _page(
         ("source", cfg.data.source or str(cfg.data.benchmark)),
         ("method", cfg.scl.method),
         ("backbone", cfg.model.backbone),
+        ("start", _start_words(cfg.model.init, cfg.model.freeze_encoder)),
         ("image size", f"{cfg.data.image_size} px"),
         ("epochs", str(len(data.history))),
         ("mean confidence", confidence_words(float(data.confidence.mean()), k) if n else "-"),
@@ -416,3 +417,11 @@ def _cluster(
 
 def _e(text: str) -> str:
     return html.escape(str(text), quote=True)
+
+
+def _start_words(init: str | None, frozen: bool) -> str:
+    """How the encoder started: from scratch (the paper), ImageNet weights or a file."""
+    if not init:
+        return "random weights (trained from scratch)"
+    where = "ImageNet weights" if init == "imagenet" else Path(init).name
+    return f"{where}{', encoder frozen' if frozen else ''}"

@@ -49,6 +49,8 @@ STRUCTURAL = (
     ("model", "backbone"),
     ("model", "feature_dim"),
     ("model", "projector_bn"),
+    ("model", "init"),
+    ("model", "freeze_encoder"),
     ("scl", "k"),
     ("scl", "method"),
     ("scl", "memory_size"),

@@ -327,13 +327,21 @@ def run_epoch(
 def make_optimizer(model: SCL, cfg: RunConfig) -> torch.optim.SGD:
     """SGD, momentum 0.9, weight decay 5e-4 over the trainable parameters (not θ̃).
 
-    Two groups: the encoder at the scheduled lr, the cluster heads at ``head_lr_scale`` times
-    it (the group's ``lr_scale``, applied by :func:`train_step`).
+    Groups, each with its ``lr_scale`` of the scheduled lr (applied by :func:`train_step`): the
+    backbone at ``encoder_lr_scale`` (none when frozen), the projector at 1, the cluster heads
+    at ``head_lr_scale``.
     """
     heads = [p for task in model.tasks.values() for p in task.head.parameters()]
-    head_ids = {id(p) for p in heads}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    encoder_scale = cfg.optim.encoder_lr_scale or 1.0
+    backbone = [p for p in model.encoder.backbone.parameters() if p.requires_grad]
+    if encoder_scale == 1.0:
+        backbone = []  # in the main group, as in checkpoints written before the option
+    apart = {id(p) for p in heads + backbone}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in apart]
     groups: list[dict[str, Any]] = [{"params": rest, "lr_scale": 1.0}]
+    if backbone:
+        scale = encoder_scale
+        groups.insert(0, {"params": backbone, "lr_scale": scale, "lr": cfg.optim.lr * scale})
     if heads:
         scale = cfg.optim.head_lr_scale
         groups.append({"params": heads, "lr_scale": scale, "lr": cfg.optim.lr * scale})

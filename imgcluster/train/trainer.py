@@ -81,7 +81,8 @@ class Trainer:
 
     Under DDP (``world``) every rank holds one, identical but for its augmentation generator.
     ``truth``: the classes of the images, when known (a benchmark set): every epoch's clusters
-    are then scored against them (ACC, NMI, ARI in the history record).
+    are then scored against them (ACC, NMI, ARI in the history record). ``start``: backbone
+    weights to begin from (:func:`imgcluster.method.pretrained.load_start`).
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class Trainer:
         device: torch.device,
         world: World = World(),
         truth: np.ndarray | None = None,
+        start: dict[str, torch.Tensor] | None = None,
     ) -> None:
         if cfg.scl.k is None or cfg.model.backbone == "auto" or cfg.optim.epochs is None:
             raise ValueError("Trainer needs a resolved config (imgcluster.config.resolve)")
@@ -107,7 +109,12 @@ class Trainer:
             cfg.model.feature_dim,
             cfg.optim.seed,
             projector_bn=cfg.model.projector_bn,
+            stem=cfg.model.stem,
+            frozen=cfg.model.freeze_encoder,
         )
+        if start is not None:  # a pretrained backbone (fit --init); θ̃ starts as its copy
+            self.model.encoder.backbone.load_state_dict(start, strict=False)
+            self.model.momentum_encoder.load_state_dict(self.model.encoder.state_dict())
         self.model.to(device, memory_format=MEMORY_FORMAT)
         self.optimizer = make_optimizer(self.model, cfg)
         compiled = cfg.optim.compile if cfg.optim.compile is not None else compile_pays(device)
