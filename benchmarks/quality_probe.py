@@ -21,8 +21,9 @@ from imgcluster.api import fit
 from imgcluster.config import RunConfig
 from imgcluster.method import augment
 
-COLUMNS = ("acc", "memory_acc", "kmeans_acc", "knn_agreement", "pseudo_label_acc",
-           "feature_spread", "largest_cluster_ratio", "label_flips")  # fmt: skip
+COLUMNS = ("acc", "memory_acc", "kmeans_acc", "knn_agreement", "backbone_kmeans_acc",
+           "backbone_knn_agreement", "pseudo_label_acc", "feature_spread",
+           "largest_cluster_ratio", "label_flips")  # fmt: skip
 
 
 def main() -> None:

@@ -73,6 +73,7 @@ class FitResult:
     device: str
     history: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)  # signs of a poor clustering
+    k_choice: dict[str, Any] | None = None  # --k auto: how k was chosen (KChoice.to_dict)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready facts (``fit --json``)."""
@@ -88,6 +89,7 @@ class FitResult:
             "device": self.device,
             "skipped": len(self.skipped),
             "problems": [p.to_dict() for p in self.problems],
+            "k_choice": self.k_choice,
         }
 
 
@@ -212,17 +214,24 @@ def _run(
         if created and world.is_main:  # a run that never started leaves no folder behind
             shutil.rmtree(out, ignore_errors=True)
         raise
+    finish = EXPORT_SECONDS + (REPORT_SECONDS if report else 0.0)
+    budget = config.optim.time_budget_minutes if budgeted else None
+    budget_s = budget * 60.0 - finish if budget is not None else None
+    choice = None
+    if config.scl.k is None:  # --k auto: the features train alone, then k is chosen on them
+        config, choice, pretrained = _choose_k(
+            config, images, out, (world, device), callback, budget_s, start, pretrained
+        )
     if world.is_main:
         meta = {"version": __version__, "world_size": world.world_size}
+        if choice is not None:
+            meta["k_choice"] = choice.to_dict()
         rd.write_json(out / rd.CONFIG, {**config.to_dict(), **meta})
         rd.write_skipped(out / rd.SKIPPED, images.cache.skipped)
     trainer = Trainer(config, images.cache, device, world, truth, pretrained)
     if state is not None and config.optim.epochs != state["config"]["optim"]["epochs"]:
         state["epochs_total"] = config.optim.epochs  # a new epoch count replaces the plan
     history = start_history(trainer, out, state)
-    finish = EXPORT_SECONDS + (REPORT_SECONDS if report else 0.0)
-    budget = config.optim.time_budget_minutes if budgeted else None
-    budget_s = budget * 60.0 - finish if budget is not None else None
     train_epochs(trainer, out, history, callback, budget_s, start)
     release_free_memory()  # the pages kept for the steps: not needed by the export
     clusters, confidence = np.zeros(0, dtype=np.int64), np.zeros(0)  # other ranks: no result
@@ -237,7 +246,8 @@ def _run(
         _export_and_report(out, images.cache.images, report, callback)
     problems = check_clusters(clusters, confidence, config.scl.k or 0)
     return FitResult(out, config, images.cache.paths, clusters, confidence, images.cache.skipped,
-                     trainer.epoch, str(device), history, problems)  # fmt: skip
+                     trainer.epoch, str(device), history, problems,
+                     choice.to_dict() if choice is not None else None)  # fmt: skip
 
 
 def _pretrained_start(config: RunConfig, callback: Callback) -> dict[str, Any] | None:
@@ -252,7 +262,52 @@ def _pretrained_start(config: RunConfig, callback: Callback) -> dict[str, Any] |
         backbone, config.model.init, config.model.backbone, config.data.download
     )
     message(callback, loaded.summary())
-    return start
+    return {f"backbone.{name}": value for name, value in start.items()}
+
+
+def _choose_k(
+    config: RunConfig,
+    images: Images,
+    out: Path,
+    where: tuple[World, torch.device],
+    callback: Callback,
+    budget_s: float | None,
+    start: float,
+    pretrained: dict[str, Any] | None,
+) -> tuple[RunConfig, Any, dict[str, Any]]:
+    """``--k auto`` (:mod:`imgcluster.method.k_estimate`): the features train alone (instance
+    discrimination) for a share of the epochs or of the time budget; k = 2..k-max are scored on
+    them (rank 0; broadcast). Returns the settings with the chosen k and the epochs left, the
+    choice, and the trained encoder's weights, which SCL then starts from."""
+    from imgcluster.method.k_estimate import ESTIMATE_SHARE, estimate_k
+    from imgcluster.train.distributed import broadcast_object
+    from imgcluster.train.trainer import Trainer, train_epochs
+
+    world, device = where
+    k_max = int(config.scl.k_max or 2)  # set from the images by _images
+    epochs = int(config.optim.epochs or 1)
+    first = max(1, round(ESTIMATE_SHARE * epochs)) if epochs > 1 else 1
+    features_only = config.replace(scl={"k": k_max, "method": "moco-kmeans"},
+                                   optim={"epochs": first})  # fmt: skip
+    message(callback, f"choosing k: the features train alone for {ESTIMATE_SHARE:.0%} of the "
+            f"run, then k = 2..{k_max} are scored on them")  # fmt: skip
+    trainer = Trainer(features_only, images.cache, device, world, None, pretrained)
+    share_s = None
+    if budget_s is not None:
+        share_s = ESTIMATE_SHARE * (budget_s - (time.perf_counter() - start))
+    train_epochs(trainer, out, [], callback, share_s, save=False)
+    # Scored on the backbone's features: instance discrimination spreads the projected
+    # embeddings evenly over the sphere, while the features before the projection keep the
+    # groups (docs/benchmarks.md, "Choosing k").
+    pooled = trainer.predict(backbone=True).backbone
+    choice = None
+    if world.is_main:
+        choice = estimate_k(pooled, k_max, config.optim.seed)  # type: ignore[arg-type]
+    choice = broadcast_object(choice)
+    message(callback, choice.summary())
+    encoder = {name: v.detach().cpu() for name, v in trainer.model.encoder.state_dict().items()}
+    left = max(1, epochs - trainer.epoch)
+    return config.replace(scl={"k": choice.k}, optim={"epochs": left}), choice, encoder
 
 
 def _images(
@@ -265,7 +320,15 @@ def _images(
     from imgcluster.train.trainer import fitted_to_images
 
     images = main_first(lambda: sources.load(config, [out], callback))  # one decode
-    sources.check_enough(images, config.scl.k or 0)
+    if config.scl.k is None:  # --k auto: up to k-max, by default 30 or half the images
+        from imgcluster.method.k_estimate import DEFAULT_K_MAX
+
+        n = len(images.cache.paths)
+        k_max = config.scl.k_max or max(2, min(DEFAULT_K_MAX, n // 2))
+        config = config.replace(scl={"k_max": k_max})
+        sources.check_enough(images, k_max, "k-max")
+    else:
+        sources.check_enough(images, config.scl.k)
     if len(images.cache.paths) < 2 * world.world_size:  # a batch of at least 2 on every rank
         raise RunError(f"{len(images.cache.paths)} images cannot feed {world.world_size} processes")
     try:

@@ -83,6 +83,10 @@ class SCLConfig:
     """The method's own hyper-parameters (docs/method.md)."""
 
     k: int | None = None  # None: a benchmark set's number of classes, else DEFAULT_K
+    # fit --k auto: k is chosen from the features (imgcluster.method.k_estimate) among
+    # 2..k_max (None: 30, at most half the images); config.json then holds the chosen k.
+    k_auto: bool = False
+    k_max: int | None = None
     method: Method = "scl"
     # m of the momentum encoder. 0.99 (MoCo's CIFAR setting) leaves the collapsed start far
     # sooner than the paper's 0.9 in the runs a CPU can make (docs/benchmarks.md); --preset
@@ -99,6 +103,9 @@ class SCLConfig:
     # Sinkhorn iterations towards equal cluster sizes in the label update (0: none, the
     # paper's). 3 measured better on balanced and on 9:1 imbalanced sets (docs/benchmarks.md).
     balance: int = 3
+    # After each label update, merge the closest pair of clusters and split the loosest when
+    # that lowers the features' within-cluster sum of squares (pseudo_labels.swap_merge_split).
+    swap: bool = False
     # Share of the epochs before the clusters start (ours): until then the pseudo labels stay
     # as drawn and only the features learn; then k-means on the features gives the labels, the
     # banks and the heads. 0: SCL from the first epoch, the paper's.
@@ -167,6 +174,10 @@ class RunConfig:
         """Raise ``ValueError`` naming the first setting that cannot work."""
         if self.scl.k is not None and self.scl.k < 2:
             raise ValueError(f"k must be at least 2, got {self.scl.k}")
+        if self.scl.k_max is not None and self.scl.k_max < 2:
+            raise ValueError(f"k-max must be at least 2, got {self.scl.k_max}")
+        if self.scl.k_max is not None and not self.scl.k_auto:
+            raise ValueError("--k-max bounds --k auto: give --k auto too")
         if self.model.backbone not in ("auto", *BACKBONES):
             choices = ", ".join(("auto", *BACKBONES))
             raise ValueError(f"unknown backbone {self.model.backbone!r}: one of {choices}")
@@ -248,7 +259,8 @@ def resolve(config: RunConfig, device_type: str = "cpu") -> RunConfig:
     - ``data.source`` naming a benchmark set (:mod:`imgcluster.data.benchmarks`) becomes
       ``data.benchmark`` when ``data_root`` or ``download`` is given or no folder has that
       name; any other source must be a folder, and becomes its absolute path;
-    - ``scl.k`` None: the benchmark set's number of classes, else :data:`DEFAULT_K`;
+    - ``scl.k`` None: the benchmark set's number of classes, else :data:`DEFAULT_K` (with
+      ``k_auto`` it stays None until the run chooses it from the features);
     - ``model.backbone`` "auto": the paper's ResNet-34 on a GPU; on a CPU the net that clusters
       best within a time budget (docs/benchmarks.md: the small net);
     - ``optim.epochs`` None: :data:`DEFAULT_EPOCHS`, or with a time budget
@@ -284,7 +296,7 @@ def resolve(config: RunConfig, device_type: str = "cpu") -> RunConfig:
             if not Path(source).is_dir():
                 raise RunError(f"source folder not found: {source}")
             config = config.replace(data={"source": str(Path(source).resolve())})
-    if config.scl.k is None:
+    if config.scl.k is None and not config.scl.k_auto:
         config = config.replace(scl={"k": bench.classes if bench is not None else DEFAULT_K})
     if config.optim.epochs is None:
         budgeted = config.optim.time_budget_minutes is not None

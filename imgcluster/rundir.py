@@ -34,6 +34,9 @@ CENTROIDS = "centroids.npy"  # the MoCo + k-means baseline's cluster centroids, 
 MODEL = "model.onnx"  # written by ``export`` (and at the end of ``fit``), read by ``assign``
 # Written by ``assign --export-folders`` into its folder: the files it placed there.
 FOLDERS_MANIFEST = ".imgcluster-manifest.json"
+# Where ``assign --export-folders`` last sorted the run's own images: {"folders": absolute path}.
+# The report links each cluster to its folder there.
+EXPORTED = "exported.json"
 
 
 def write_json(path: Path, obj: Any) -> None:

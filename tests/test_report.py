@@ -41,7 +41,7 @@ def check_page(page: Path) -> list[str]:
         url = urlparse(ref)
         assert not url.scheme and not url.netloc and not ref.startswith("/"), ref  # offline
         target = page.parent / unquote(url.path)
-        assert target.is_file(), ref
+        assert target.is_file() or (ref.endswith("/") or "cluster_" in ref) and target.is_dir(), ref
         files.append(target.name)
     return files
 
@@ -142,3 +142,23 @@ def test_a_degenerate_run_is_flagged_at_the_top(tiny_run: Path, tmp_path: Path):
     text = report(run).path.read_text(encoding="utf-8")
     assert "near chance" in text and "holds 100% of the images" in text
     assert text.index("Warning:") < text.index("id='cluster-0'")
+
+
+def test_sorting_the_runs_images_links_each_cluster_to_its_folder(tiny_run: Path, tmp_path: Path):
+    from imgcluster.api import assign
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = assign(run=run, export_folders_to=tmp_path / "sorted out", workers=1)
+    assert result.report == run / "report" / "index.html"
+    assert rundir.read_json(run / "exported.json") == {"folders": str(tmp_path / "sorted out")}
+    refs = references(result.report)
+    used = sorted({int(c) for c in result.clusters})
+    for c in used:
+        assert f"../../sorted%20out/cluster_{c:02d}" in refs
+    assert "../../sorted%20out" in refs
+    check_page(result.report)
+    # Another folder's images, or --no-report, leave the run's report alone.
+    before = result.report.read_text(encoding="utf-8")
+    other = assign(tmp_path / "sorted out", run=run, export_folders_to=tmp_path / "b", workers=1)
+    assert other.report is None and result.report.read_text(encoding="utf-8") == before

@@ -53,6 +53,7 @@ class AssignResult:
     folders: FolderResult | None = None
     unsure: int = 0  # images under --unsure-below
     duplicates: list[list[int]] | None = None  # near-identical groups (rows), when looked for
+    report: Path | None = None  # the run's report, redrawn to link the cluster folders
 
     @property
     def problems(self) -> list[Problem]:
@@ -74,6 +75,7 @@ class AssignResult:
             "cluster_sizes": sizes,
             "mean_confidence": means,
             "assignments_csv": str(self.csv),
+            "report": str(self.report) if self.report is not None else None,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "agreement_with_fit": self.agreement,
             "provider": self.provider,
@@ -110,6 +112,7 @@ def assign(
     follow_links: bool | None = None,
     skip_duplicates: bool = False,
     progress: Callback | None = None,
+    report: bool = True,
 ) -> AssignResult:
     """Assign every image under ``source`` to a cluster of a run's exported model.
 
@@ -119,8 +122,10 @@ def assign(
     else ``assignments-<source name>.csv`` beside the model. Symbolic links out of ``source``
     are followed only with ``follow_links`` (default: as the run's fit did).
     ``skip_duplicates``: find near-identical images (:mod:`imgcluster.scoring.neighbours`) and
-    put only the most confident of each group into the cluster folders. Raises
-    :class:`imgcluster.RunError` (one line) for anything the user can fix.
+    put only the most confident of each group into the cluster folders. When the run's own
+    training images are sorted into folders, the run records where (``exported.json``) and,
+    unless ``report`` is False, its report is redrawn with each cluster linked to its folder.
+    Raises :class:`imgcluster.RunError` (one line) for anything the user can fix.
     """
     began = time.perf_counter()
     _check_options(batch_size, unsure_below, mode)
@@ -142,6 +147,12 @@ def assign(
         result.duplicates = _duplicates(result, onnx.info.image_size)
     if out is not None:
         result.folders = _export(result, out, mode, unsure_below, progress)
+        if run_dir is not None and root == _training_folder(run_dir):
+            rd.write_json(run_dir / rd.EXPORTED, {"folders": str(out.resolve())})
+            if report and (run_dir / rd.REPORT).is_dir():
+                from imgcluster.reporting.page import report as write_report
+
+                result.report = write_report(run_dir).path
     if out is None or result.csv != out / rd.ASSIGNMENTS:
         result.csv.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(result.csv, assignments_csv(result).encode("utf-8"))
@@ -227,6 +238,12 @@ def resolve_source(source: Path | None, run_dir: Path | None, onnx: OnnxModel) -
     if not source.is_dir():
         raise RunError(f"source folder not found: {source}")
     return source.resolve()
+
+
+def _training_folder(run_dir: Path) -> Path | None:
+    """The folder the run trained on (None when config.json names none)."""
+    source = _run_setting(run_dir, "source")
+    return Path(source).resolve() if source else None
 
 
 def _scan(root: Path, exclude: list[Path], follow_links: bool) -> ScanResult:

@@ -78,6 +78,13 @@ def assign(
     strict: bool = typer.Option(
         False, "--strict", help="Exit with status 3 when the clusters look degenerate.", metavar=""
     ),
+    no_report: bool = typer.Option(
+        False,
+        "--no-report",
+        help="Leave the run's report as it is (by default, sorting the run's own images into "
+        "folders redraws it with each cluster linked to its folder).",
+        metavar="",
+    ),
 ) -> None:
     """Assign images to a trained run's clusters (onnxruntime; torch not needed)."""
     if unsure_below is not None and export_folders is None:
@@ -89,6 +96,7 @@ def assign(
         "run": run, "model": model, "export_folders_to": export_folders, "mode": mode,
         "batch_size": batch_size, "unsure_below": unsure_below, "csv": csv, "workers": workers,
         "follow_links": True if follow_links else None, "skip_duplicates": skip_duplicates,
+        "report": not no_report,
     }  # fmt: skip
     with user_errors(), Bars(console) as bars:
         result = assign_images(source, progress=bars.update, **options)
@@ -134,6 +142,9 @@ def print_assign_summary(result: Any) -> None:
             f"{plural(len(result.duplicates), 'group')} of near-identical images: "
             f"{plural(left, 'image')} left out of the folders (listed in assignments.csv)"
         )
+    if result.report is not None:
+        page = escape(str(result.report))
+        out_console.print(f"report updated, each cluster linked to its folder: [bold]{page}[/]")
     print_problems(result.problems)
     if result.folders is not None and result.paths:
         first = escape(str(result.folders.out / cluster_folder(0, result.k)))

@@ -26,6 +26,8 @@ from imgcluster.config import RunConfig, with_preset
 # CLI option → (config section, field). One table, so a setting has one name everywhere.
 OPTION_FIELDS: dict[str, tuple[str, str]] = {
     "k": ("scl", "k"),
+    "k_auto": ("scl", "k_auto"),
+    "k_max": ("scl", "k_max"),
     "method": ("scl", "method"),
     "momentum": ("scl", "momentum"),
     "memory_size": ("scl", "memory_size"),
@@ -82,11 +84,20 @@ def fit(
         "cifar100-20, stl10, imagenet10, imagenet-dogs, tiny-imagenet (with --data-root). "
         "Optional with --resume.",
     ),
-    k: int | None = typer.Option(
+    k: str | None = typer.Option(
         None,
         "--k",
         "-k",
-        help="Number of clusters \\[default: a benchmark's classes, else 10].",
+        help="Number of clusters, or auto: chosen from the images (the features train alone "
+        "for a fifth of the run, then k = 2..k-max are scored) \\[default: a benchmark's "
+        "classes, else 10].",
+        rich_help_panel="Basics",
+        metavar="N|auto",
+    ),
+    k_max: int | None = typer.Option(
+        None,
+        "--k-max",
+        help="With --k auto: the largest k considered \\[default: 30, at most half the images].",
         rich_help_panel="Basics",
     ),
     out: Path | None = typer.Option(
@@ -330,8 +341,10 @@ def fit(
     ),
 ) -> None:
     """Train SCL on a folder of images (or a benchmark set) and write a run directory."""
+    k_number, k_auto = _k_option(k)
     options = {
-        "k": k, "epochs": epochs, "time_budget": time_budget, "backbone": backbone,
+        "k": k_number, "k_auto": k_auto, "k_max": k_max, "epochs": epochs,
+        "time_budget": time_budget, "backbone": backbone,
         "image_size": image_size, "batch_size": batch_size, "lr": lr, "device": device,
         "seed": seed, "method": method, "momentum": momentum, "memory_size": memory_size,
         "temperature": temperature, "workers": workers,
@@ -387,6 +400,19 @@ def fit(
         else:
             print_fit_summary(result, report=not no_report)
         exit_if_strict(result.problems, strict)
+
+
+def _k_option(k: str | None) -> tuple[int | None, bool | None]:
+    """``--k``: a number of clusters, or auto (chosen from the images)."""
+    if k is None:
+        return None, None
+    if k.strip().lower() == "auto":
+        return None, True
+    try:
+        return int(k), None
+    except ValueError:
+        fail(f"--k must be a number of clusters or auto, not {k!r}")
+    return None, None
 
 
 def _api() -> Any:
@@ -451,6 +477,10 @@ def print_fit_summary(result: Any, report: bool = True, next_step: bool = True) 
             f"{plural(len(result.skipped), 'file')} skipped: see "
             f"{escape(str(result.run_dir))}/skipped.csv"
         )
+    if result.k_choice:
+        from imgcluster.method.k_estimate import KChoice
+
+        out_console.print(KChoice(**result.k_choice).summary())
     where = escape(str(result.run_dir))
     epochs = plural(result.epochs, "epoch")
     out_console.print(f"{epochs} on {result.device}; run directory: [bold]{where}[/]")

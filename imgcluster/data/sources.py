@@ -87,14 +87,15 @@ def cache_folder(cfg: RunConfig) -> Path:
     return Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_dir_default()
 
 
-def check_enough(images: Images, k: int) -> None:
-    """Refuse a source with fewer than two usable images per cluster."""
+def check_enough(images: Images, k: int, name: str = "k") -> None:
+    """Refuse a source with fewer than two usable images per cluster (``name``: the setting
+    that asked for ``k`` clusters, k or k-max)."""
     n = len(images.cache.paths)
     if n < 2 * k:
-        largest = f"the largest usable k is {n // 2}" if n >= 4 else "k must be at least 2"
+        largest = f"the largest usable {name} is {n // 2}" if n >= 4 else "k must be at least 2"
         raise RunError(
-            f"only {n} usable image(s) in {images.root}: clustering into k={k} needs at least "
-            f"{2 * k} ({largest})"
+            f"only {n} usable image(s) in {images.root}: clustering into {name}={k} needs at "
+            f"least {2 * k} ({largest})"
         )
 
 

@@ -12,11 +12,20 @@ import numpy as np
 
 
 def kmeans(
-    x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, nredo: int = 1
+    x: np.ndarray,
+    k: int,
+    *,
+    seed: int = 0,
+    niter: int = 25,
+    nredo: int = 1,
+    plusplus: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's k-means on the rows of ``x``.
+    """Lloyd's k-means on the rows of ``x``, the best (lowest inertia) of ``nredo`` runs.
 
     x: N×d (any float dtype; copied to contiguous float32) → (labels N int64, centroids k×d).
+    faiss starts each run from k random points; ``plusplus`` starts it from k-means++ seeds
+    (Arthur & Vassilvitskii 2007, scikit-learn's ``kmeans_plusplus``) instead, which finds k
+    equal, well-separated groups where random starts often leave two centroids in one group.
     """
     import faiss  # imported here: ~1 s, and only training paths need it
 
@@ -24,20 +33,30 @@ def kmeans(
     n, d = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {n} points")
-    km = faiss.Kmeans(
-        d,
-        k,
-        niter=niter,
-        nredo=nredo,
-        seed=seed,
-        verbose=False,
-        max_points_per_centroid=max(256, -(-n // k)),
-        min_points_per_centroid=1,
-        gpu=_gpus(faiss),
-    )
-    km.train(x)
-    _, assigned = km.index.search(x, 1)
-    return assigned[:, 0].astype(np.int64), np.asarray(km.centroids)
+    runs = [(seed, None)]
+    if plusplus:
+        from sklearn.cluster import kmeans_plusplus
+
+        runs = [(seed + r, kmeans_plusplus(x, k, random_state=seed + r)[0]) for r in range(nredo)]
+    best = None
+    for run_seed, start in runs:
+        km = faiss.Kmeans(
+            d,
+            k,
+            niter=niter,
+            nredo=1 if plusplus else nredo,
+            seed=run_seed,
+            verbose=False,
+            max_points_per_centroid=max(256, -(-n // k)),
+            min_points_per_centroid=1,
+            gpu=_gpus(faiss),
+        )
+        km.train(x, init_centroids=None if start is None else np.ascontiguousarray(start))
+        if best is None or km.obj[-1] < best.obj[-1]:
+            best = km
+    assert best is not None
+    _, assigned = best.index.search(x, 1)
+    return assigned[:, 0].astype(np.int64), np.asarray(best.centroids)
 
 
 def cluster_centroids(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

@@ -62,6 +62,8 @@ class _Run:
     history: list[dict[str, Any]]
     images: np.ndarray | None  # decoded training images, rows as paths (None: unavailable)
     notes: list[str]
+    k_choice: dict[str, Any] | None = None  # fit --k auto: config.json's record of the choice
+    exported: Path | None = None  # where assign --export-folders sorted the images, if it did
 
 
 def report(
@@ -96,7 +98,8 @@ def report(
 def _load(run: Path, images: np.ndarray | None) -> _Run:
     if not (run / rd.ASSIGNMENTS).is_file():
         raise RunError(f"{run} has no {rd.ASSIGNMENTS}: let its fit finish first")
-    config = RunConfig.from_dict(rd.read_json(run / rd.CONFIG))
+    saved = rd.read_json(run / rd.CONFIG)
+    config = RunConfig.from_dict(saved)
     paths, clusters, confidence = rd.read_assignments(run / rd.ASSIGNMENTS)
     notes: list[str] = []
     if images is None:
@@ -107,7 +110,13 @@ def _load(run: Path, images: np.ndarray | None) -> _Run:
         except RunError as e:
             notes.append(f"no t-SNE map: {e}")
     history = rd.read_history(run / rd.HISTORY)
-    return _Run(run, config, paths, clusters, confidence, history, images, notes)
+    choice = saved.get("k_choice")
+    exported = None
+    if (run / rd.EXPORTED).is_file():
+        folders = Path(rd.read_json(run / rd.EXPORTED).get("folders", ""))
+        exported = folders if folders.is_dir() else None
+    return _Run(run, config, paths, clusters, confidence, history, images, notes, choice,
+                exported)  # fmt: skip
 
 
 def _evaluation(data: _Run) -> Any:
@@ -138,6 +147,7 @@ def _figures(data: _Run, folder: Path, colors: list[str], sample: int) -> dict[s
         "labels.png": plots.label_sizes(data.history, colors),
         "training.png": plots.training_curves(data.history),
         "scores.png": plots.label_scores(data.history),
+        "k.png": plots.k_choice(data.k_choice),
     }
     names = {}
     for name, png in drawn.items():
@@ -238,12 +248,12 @@ def _sheet_html(sheet: _Sheet, label: str, root: Path, folder: Path) -> str:
     w, h = sheet.size
     links = []
     for (x, y, tw, th), path, conf in sheet.tiles:
-        href = Path(os.path.relpath(root / path, folder)).as_posix()
+        href = _relative_url(root / path, folder)
         style = (f"left:{100 * x / w:.3f}%;top:{100 * y / h:.3f}%;"
                  f"width:{100 * tw / w:.3f}%;height:{100 * th / h:.3f}%")  # fmt: skip
         title = f"title='{_e(path)} · confidence {conf:.2f}'"
         if (root / path).is_file():  # a moved source: names still show, no broken link
-            links.append(f"<a class='tile' style='{style}' href='{_e(quote(href))}' {title}></a>")
+            links.append(f"<a class='tile' style='{style}' href='{_e(href)}' {title}></a>")
         else:
             links.append(f"<span class='tile' style='{style}' {title}></span>")
     return (f"<h3>{label}</h3><div class='sheetbox'><img class='sheet' src='{_e(sheet.name)}' "
@@ -262,7 +272,7 @@ def _page(
     sizes = np.bincount(data.clusters, minlength=k)
     facts = [
         ("images", f"{n:,}"),
-        ("clusters (k)", str(k)),
+        ("clusters (k)", str(k) + (" (chosen from the images)" if data.k_choice else "")),
         ("source", cfg.data.source or str(cfg.data.benchmark)),
         ("method", cfg.scl.method),
         ("backbone", cfg.model.backbone),
@@ -283,7 +293,7 @@ def _page(
     body = [
         f"<header><h1>{_e(data.run.name)}</h1><p class='sub'>imgcluster report · "
         f"{datetime.date.today().isoformat()} · <a href='../{rd.ASSIGNMENTS}'>"
-        f"{rd.ASSIGNMENTS}</a></p></header>",
+        f"{rd.ASSIGNMENTS}</a>{_exported_link(data)}</p></header>",
         "<dl class='facts'>"
         + "".join(f"<div><dt>{_e(a)}</dt><dd>{_e(b)}</dd></div>" for a, b in facts)
         + "</dl>",  # fmt: skip
@@ -362,6 +372,8 @@ _CAPTIONS = {
     "labels": "How the pseudo labels spread over the clusters as training went on.",
     "training": "Losses and label changes per epoch (history.jsonl).",
     "confusion": "Clusters against the true classes (from imgcluster eval).",
+    "k": "How many clusters (fit --k auto): after the features trained alone, each k was "
+    "scored by internal criteria (no labels); the run took the k its criterion preferred.",
     "scores": "Per epoch, the share of images each output puts with its true class (ACC, "
     "clusters matched to classes one to one), and the share of each image's 20 nearest "
     "neighbours that share its class: a ceiling for any clustering of these features.",
@@ -375,7 +387,7 @@ def _overview(figures: dict[str, str]) -> str:
     blocks = [
         f"<figure class='plot{layout.get(key, '')}'><img src='{_e(figures[key])}' alt='{key}'>"
         f"<figcaption>{_e(_CAPTIONS[key])}</figcaption></figure>"
-        for key in ("tsne", "sizes", "labels", "confusion", "scores", "training")
+        for key in ("tsne", "sizes", "labels", "k", "confusion", "scores", "training")
         if key in figures
     ]
     return "<section class='overview'>" + "".join(blocks) + "</section>"
@@ -401,10 +413,15 @@ def _cluster(
     )
     if labelled is not None and size:
         stats += f" · mostly {labelled.majority} ({labelled.purity:.0%} of it)"
+    name = cluster_folder(c, data.config.scl.k)
+    folder_tag = f"<span class='folder'>{name}/</span>"
+    if data.exported is not None and (data.exported / name).is_dir():
+        href = _relative_url(data.exported / name, data.run / rd.REPORT)
+        folder_tag = (f"<a class='folder' href='{_e(href)}' title='{_e(data.exported / name)}'>"
+                      f"{name}/</a>")  # fmt: skip
     parts = [
         f"<section class='cluster' id='cluster-{c}' style='border-left-color:{color}'>",
-        f"<h2><span class='dot' style='background:{color}'></span>Cluster {c}"
-        f"<span class='folder'>{cluster_folder(c, data.config.scl.k)}/</span></h2>",
+        f"<h2><span class='dot' style='background:{color}'></span>Cluster {c}{folder_tag}</h2>",
         f"<p class='stats'>{stats}</p>",
     ]
     if odd:
@@ -413,6 +430,20 @@ def _cluster(
     parts += [_sheet_html(sheet, label, root, folder) for label, sheet in sheets]
     parts.append("</section>")
     return "".join(parts)
+
+
+def _exported_link(data: _Run) -> str:
+    """' · sorted into OUT' when assign --export-folders sorted the run's images."""
+    if data.exported is None:
+        return ""
+    href = _relative_url(data.exported, data.run / rd.REPORT)
+    return f" · sorted into <a href='{_e(href)}'>{_e(data.exported)}</a>"
+
+
+def _relative_url(target: Path, folder: Path) -> str:
+    """A link from a page in ``folder`` to ``target``, relative so the report can move along
+    with the files it points to, quoted for a URL."""
+    return quote(Path(os.path.relpath(target, folder)).as_posix())
 
 
 def _e(text: str) -> str:

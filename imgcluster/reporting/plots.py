@@ -157,6 +157,36 @@ def label_scores(history: Sequence[dict[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
+def k_choice(choice: dict[str, Any] | None) -> bytes | None:
+    """``fit --k auto``: each criterion's score against k, rescaled to [0, 1] (1 = preferred;
+    Davies–Bouldin inverted, as lower is better), each pick marked, the chosen k as a line."""
+    if not choice:
+        return None
+    ks = np.asarray(choice["ks"])
+    fig = _figure(6.4, 3.4)
+    ax = fig.add_subplot()
+    for name, values in choice["scores"].items():
+        v = np.asarray(values, dtype=float)
+        v = np.where(np.isfinite(v), v, np.nan)
+        if name == "davies_bouldin":
+            v = -v
+        span = np.nanmax(v) - np.nanmin(v)
+        v = (v - np.nanmin(v)) / span if span > 0 else np.ones_like(v)
+        label = f"{name.replace('_', '-')}: k = {choice['picks'][name]}"
+        width = 2.2 if name == choice["criterion"] else 1.0
+        ax.plot(ks, v, label=label, linewidth=width, marker="o", markersize=2.5)
+    ax.axvline(choice["k"], color="#444", linestyle="--", linewidth=1)
+    ax.set_xlabel("number of clusters k")
+    ax.set_ylabel("score (1 = best)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.22),
+              ncol=3)  # fmt: skip
+    ax.set_title(f"choosing k: {choice['k']} (by {choice['criterion'].replace('_', '-')})",
+                 loc="left", fontsize=11)  # fmt: skip
+    _tidy(ax, integer_x=True)
+    return _png(fig)
+
+
 def label_sizes(history: Sequence[dict[str, Any]], colors: Sequence[str]) -> bytes | None:
     """Stacked areas: how many pseudo labels each cluster held after each epoch's update."""
     rows = [r["cluster_sizes"] for r in history if isinstance(r.get("cluster_sizes"), list)]

@@ -7,7 +7,9 @@ epoch's record in history.jsonl says how well each candidate output of the model
 - ``memory_acc``: the argmax of the memory's soft assignment p̃ (Eq. 3);
 - ``kmeans_acc``: k-means (faiss) on the encoder's features, as the MoCo + k-means baseline;
 - ``knn_agreement``: the share of each image's 20 nearest neighbours (cosine) that share its
-  class, a label-free clustering's ceiling on how separable the features are.
+  class, a label-free clustering's ceiling on how separable the features are;
+- ``backbone_kmeans_acc`` / ``backbone_knn_agreement``: the same two on the backbone's pooled
+  features (before the projection MLP), when given.
 
 And, needing no labels, how collapsed the features are (``feature_spread`` = 1 − ‖mean of the
 unit features‖², 0 when every image maps to one vector) and how unbalanced the head's clusters are
@@ -60,9 +62,11 @@ def epoch_diagnostics(
     classes: np.ndarray | None,
     k: int,
     seed: int = 0,
+    backbone: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The diagnostics of one epoch (see the module docstring); label-free ones when ``classes``
-    is None. features: N×d unit rows; head_probs, memory_probs: N×k or None."""
+    is None. features: N×d unit rows; head_probs, memory_probs: N×k or None; backbone: N×D
+    pooled backbone features or None."""
     record: dict[str, Any] = {"feature_spread": feature_spread(features)}
     if head_probs is not None:
         sizes = np.bincount(head_probs.argmax(axis=1), minlength=head_probs.shape[1])
@@ -78,4 +82,9 @@ def epoch_diagnostics(
     clusters, _ = kmeans(features, k, seed=seed)
     record["kmeans_acc"] = cluster_accuracy(clusters, classes)
     record["knn_agreement"] = knn_agreement(features, classes)
+    if backbone is not None:
+        unit = backbone / np.maximum(np.linalg.norm(backbone, axis=1, keepdims=True), 1e-12)
+        clusters, _ = kmeans(unit, k, seed=seed)
+        record["backbone_kmeans_acc"] = cluster_accuracy(clusters, classes)
+        record["backbone_knn_agreement"] = knn_agreement(unit, classes)
     return record

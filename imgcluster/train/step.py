@@ -85,6 +85,7 @@ class Predictions:
     features: np.ndarray  # N×d, l2-normalised
     probs: dict[str, np.ndarray]  # task → N×C, the classifier's softmax (Eq. 4's p)
     memory_probs: dict[str, np.ndarray]  # task → N×C, the memory's p̃ (Eq. 3), when asked for
+    backbone: np.ndarray | None = None  # N×D pooled backbone features, when asked for
 
 
 class _Trainable(nn.Module):
@@ -182,22 +183,28 @@ def predict(
     indices: Tensor | None = None,
     batch_size: int = PREDICT_BATCH,
     memory: bool = False,
+    backbone: bool = False,
 ) -> Predictions:
     """Encoder (eval mode) and every head on a non-augmented view of all N images (or of
     ``indices``, in their order).
 
     The memory's p̃ over all N is computed for the "without online CD" ablation, the one label
     update that reads it, and when ``memory`` is set (the diagnostics of a labelled run).
+    ``backbone``: also the pooled backbone features (before the projection MLP).
     """
     was_training = model.training
     model.eval()
-    feats, probs = [], {name: [] for name in model.tasks}
+    feats, probs, pooled = [], {name: [] for name in model.tasks}, []
     mem_probs = {name: [] for name in model.tasks}
+    encoder = model.encoder
     for idx, batch in images.sequential(batch_size, indices):
         with autocast(batch.device):
             x = preprocess(batch).contiguous(memory_format=MEMORY_FORMAT)
-            q = model.encoder(x).float()  # n×d
+            h = encoder.features(x)  # n×D
+            q = torch.nn.functional.normalize(encoder.projector(h), dim=1).float()  # n×d
         feats.append(q.cpu())
+        if backbone:
+            pooled.append(h.float().cpu())
         for name, task in model.tasks.items():
             probs[name].append(torch.softmax(task.head(q).float(), dim=1).cpu())
             if memory or not model.cfg.online_cd:
@@ -206,7 +213,8 @@ def predict(
     model.train(was_training)
     cat = {name: torch.cat(v).numpy() for name, v in probs.items()}
     mem = {name: torch.cat(v).numpy() for name, v in mem_probs.items() if v}
-    return Predictions(torch.cat(feats).numpy(), cat, mem)
+    h_all = torch.cat(pooled).numpy() if backbone else None
+    return Predictions(torch.cat(feats).numpy(), cat, mem, h_all)
 
 
 def predict_all(
@@ -216,13 +224,14 @@ def predict_all(
     world: World = World(),
     batch_size: int = PREDICT_BATCH,
     memory: bool = False,
+    backbone: bool = False,
 ) -> Predictions:
     """:func:`predict` of all N images; under DDP each rank predicts a contiguous share and the
     shares are gathered, so every rank holds all N predictions in order."""
     if not world.distributed:
-        return predict(model, images, temperature, batch_size=batch_size, memory=memory)
+        return predict(model, images, temperature, None, batch_size, memory, backbone)
     shares = torch.arange(len(images)).tensor_split(world.world_size)
-    part = predict(model, images, temperature, shares[world.rank], batch_size, memory)
+    part = predict(model, images, temperature, shares[world.rank], batch_size, memory, backbone)
     sizes = [len(s) for s in shares]
 
     def gather(a: np.ndarray) -> np.ndarray:
@@ -230,7 +239,8 @@ def predict_all(
 
     probs = {name: gather(p) for name, p in part.probs.items()}
     memory_probs = {name: gather(p) for name, p in part.memory_probs.items()}
-    return Predictions(gather(part.features), probs, memory_probs)
+    pooled = gather(part.backbone) if part.backbone is not None else None
+    return Predictions(gather(part.features), probs, memory_probs, pooled)
 
 
 def sync_buffers(model: SCL) -> None:
@@ -250,7 +260,8 @@ def update_task_labels(model: SCL, preds: Predictions, min_size: int, seed: int)
         source = preds.probs[name] if model.cfg.online_cd else preds.memory_probs[name]
         size = min_cluster_size(min_size, len(preds.features), task.num_clusters)
         old = task.labels.cpu().numpy().copy()  # .numpy() of a CPU buffer shares its memory
-        labels = update_labels(source, preds.features, size, seed, model.cfg.balance)
+        cfg = model.cfg
+        labels = update_labels(source, preds.features, size, seed, cfg.balance, cfg.swap)
         new = align_ids(labels, old, task.num_clusters)
         flips = update_flip_counts(task.flips.cpu().numpy().copy(), old, new)
         task.labels.copy_(torch.from_numpy(new))

@@ -71,8 +71,10 @@ def fitted_to_images(cfg: RunConfig, images: np.ndarray) -> RunConfig:
 
 
 def start_labels(features: np.ndarray, num_clusters: int, seed: int) -> np.ndarray:
-    """k-means (faiss, 5 restarts, the lowest inertia kept) on the warmed-up features → N ids."""
-    labels, _ = kmeans(features, num_clusters, seed=seed, nredo=5)
+    """k-means (5 k-means++ restarts, the lowest inertia kept) on the warmed-up features, rows
+    l2-normalised → N ids."""
+    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    labels, _ = kmeans(x, num_clusters, seed=seed, nredo=5, plusplus=True)
     return labels
 
 
@@ -81,8 +83,9 @@ class Trainer:
 
     Under DDP (``world``) every rank holds one, identical but for its augmentation generator.
     ``truth``: the classes of the images, when known (a benchmark set): every epoch's clusters
-    are then scored against them (ACC, NMI, ARI in the history record). ``start``: backbone
-    weights to begin from (:func:`imgcluster.method.pretrained.load_start`).
+    are then scored against them (ACC, NMI, ARI in the history record). ``start``: encoder
+    weights to begin from (some or all of its state dict: a pretrained backbone, or the
+    features trained to choose k).
     """
 
     def __init__(
@@ -112,8 +115,8 @@ class Trainer:
             stem=cfg.model.stem,
             frozen=cfg.model.freeze_encoder,
         )
-        if start is not None:  # a pretrained backbone (fit --init); θ̃ starts as its copy
-            self.model.encoder.backbone.load_state_dict(start, strict=False)
+        if start is not None:  # trained weights to begin from; θ̃ starts as their copy
+            self.model.encoder.load_state_dict(start, strict=False)
             self.model.momentum_encoder.load_state_dict(self.model.encoder.state_dict())
         self.model.to(device, memory_format=MEMORY_FORMAT)
         self.optimizer = make_optimizer(self.model, cfg)
@@ -201,7 +204,8 @@ class Trainer:
         start_now = warming and self.epoch + 1 >= self.warmup_epochs()
         if (self.model.tasks and not warming) or start_now or last or self.truth is not None:
             callback(Progress("labels", 0, 1))
-            self.last_predictions = self.predict(memory=self.truth is not None)
+            known = self.truth is not None  # diagnostics: p̃ and the backbone's features too
+            self.last_predictions = self.predict(memory=known, backbone=start_now or known)
             seed = cfg.optim.seed + self.epoch
             if start_now:
                 task_stats = self.start_clusters(seed)
@@ -228,15 +232,17 @@ class Trainer:
             self.truth,
             self.cfg.scl.k,
             self.cfg.optim.seed,
+            preds.backbone,
         )
         return record if pseudo is None else {**record, "pseudo_label_acc": pseudo}
 
-    def predict(self, memory: bool = False) -> Predictions:
+    def predict(self, memory: bool = False, backbone: bool = False) -> Predictions:
         """All N images through the final model; under DDP each rank predicts a share.
-        ``memory``: also the memory's p̃ (Eq. 3), for the diagnostics."""
+        ``memory``: also the memory's p̃ (Eq. 3), for the diagnostics; ``backbone``: also the
+        pooled backbone features."""
         temperature = self.cfg.scl.temperature
         return predict_all(
-            self.model, self.images, temperature, self.world, self.predict_batch, memory
+            self.model, self.images, temperature, self.world, self.predict_batch, memory, backbone
         )
 
     def warmup_epochs(self) -> int:
@@ -245,15 +251,18 @@ class Trainer:
         return min(round(self.cfg.scl.warmup * self.epochs_total), self.epochs_total - 1)
 
     def start_clusters(self, seed: int) -> dict[str, Any]:
-        """End of the warm-up: every task's labels from k-means on the features (rank 0's,
-        broadcast), its banks and head started from them (:meth:`ClusteringTask.start_from`)."""
+        """End of the warm-up: every task's labels from k-means on the backbone's features
+        (rank 0's, broadcast; instance discrimination alone spreads the projected embeddings
+        evenly, the backbone's features keep the groups), its banks and head started from them
+        and the embeddings (:meth:`ClusteringTask.start_from`)."""
         preds = self.last_predictions
         assert preds is not None
         features = torch.from_numpy(preds.features).to(self.device)
         stats: dict[str, Any] = {}
         for name, task in self.model.tasks.items():
             old = task.labels.cpu().numpy().copy()
-            new = torch.from_numpy(start_labels(preds.features, task.num_clusters, seed))
+            pooled = preds.backbone if preds.backbone is not None else preds.features
+            new = torch.from_numpy(start_labels(pooled, task.num_clusters, seed))
             new = new.to(task.labels.device)
             if self.world.distributed:
                 broadcast_(new)
@@ -334,6 +343,7 @@ def train_epochs(
     callback: Callback,
     budget_s: float | None = None,
     start: float | None = None,
+    save: bool = True,
 ) -> None:
     """The epoch loop: epoch → history line → checkpoint, until the planned epoch count.
 
@@ -342,7 +352,8 @@ def train_epochs(
     clock before it. The epoch count is then set after the first epoch and re-planned after each
     later one from the median epoch time so far, so that one slow epoch (a cold start, a busy
     machine) neither cuts the run short nor lets it overrun; a resumed run's budget is that of
-    the resuming command.
+    the resuming command. ``save`` False: no history file and no checkpoint (the preliminary
+    phase of ``fit --k auto``).
     """
     start = time.perf_counter() if start is None else start
     seconds: list[float] = []
@@ -365,8 +376,8 @@ def train_epochs(
             elapsed_seconds=time.perf_counter() - start,
         )
         history.append(record)
-        state = trainer.state()  # every rank: under DDP it gathers the ranks' generators
-        if trainer.world.is_main:
+        state = trainer.state() if save else {}  # every rank: DDP gathers the generators
+        if trainer.world.is_main and save:
             rd.write_history(out / rd.HISTORY, history)
             save_checkpoint(out / rd.CHECKPOINT, state)
         callback(Progress("epoch", trainer.epoch, trainer.epochs_total, record))

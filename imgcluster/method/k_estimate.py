@@ -1,0 +1,129 @@
+"""Choosing the number of clusters k from the images' features (``fit --k auto``, ours).
+
+The paper takes k as given. For a folder whose number of groups is unknown, ``fit`` first
+trains the features alone (instance discrimination) for a share of the run, then scores a
+clustering of them for every k in ``2..k_max`` with internal criteria, and SCL trains with the k
+the chosen criterion prefers (docs/method.md, "Choosing k"). Every criterion is computed and
+recorded, so a user can see where they agree.
+
+Criteria, on a sample of at most :data:`SAMPLE` l2-normalised features (``fit`` gives the
+backbone's pooled features: see docs/method.md); Davies–Bouldin chooses by default, as it found
+the number of classes most often (docs/benchmarks.md, "Choosing k"):
+
+* ``silhouette``: mean silhouette (Rousseeuw 1987) of k-means' clusters, cosine distance;
+  highest wins.
+* ``davies_bouldin``: Davies–Bouldin index of the same clusters (mean over clusters of the
+  worst ratio of within-cluster scatter to centroid distance); lowest wins.
+* ``eigengap``: the spectrum of the normalised Laplacian ``L = I − D^{-1/2} W D^{-1/2}`` of the
+  symmetric k-nearest-neighbour graph ``W``; with ``λ_1 ≤ λ_2 ≤ …``, k is where the gap
+  ``λ_{k+1} − λ_k`` is largest (von Luxburg, "A tutorial on spectral clustering", 2007, §8.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from imgcluster.method.kmeans import kmeans
+
+CRITERIA: tuple[str, ...] = ("silhouette", "davies_bouldin", "eigengap")
+DEFAULT_CRITERION = "davies_bouldin"
+SAMPLE = 3000  # features scored; k-means and the graph stay a few seconds on a CPU
+NEIGHBOURS = 10  # of the eigengap's graph
+RESTARTS = 5  # k-means++ runs per k, the lowest inertia kept: a poor optimum would skew the scores
+DEFAULT_K_MAX = 30
+# Share of the epochs (or of the time budget) that train the features before k is chosen.
+ESTIMATE_SHARE = 0.2
+
+
+@dataclass
+class KChoice:
+    """The chosen k, the criterion that chose it, and every criterion's score per k."""
+
+    k: int
+    criterion: str
+    ks: list[int]
+    scores: dict[str, list[float]]  # criterion → score per k in ks
+    picks: dict[str, int]  # criterion → the k it prefers
+    images: int  # features scored
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for the terminal: the choice and how the other criteria saw it."""
+        others = ", ".join(
+            f"{c.replace('_', '-')} {k}" for c, k in self.picks.items() if c != self.criterion
+        )
+        return (
+            f"k = {self.k} chosen from the images by the {self.criterion.replace('_', '-')} "
+            "criterion over "
+            f"k = {self.ks[0]}..{self.ks[-1]} (other criteria: {others})"
+        )
+
+
+def estimate_k(
+    features: np.ndarray, k_max: int, seed: int = 0, criterion: str = DEFAULT_CRITERION
+) -> KChoice:
+    """Score k = 2..k_max on ``features`` (N×d) with every criterion; choose by ``criterion``.
+
+    ValueError when ``k_max`` is under 2 or over the number of features, or for an unknown
+    criterion.
+    """
+    from sklearn.metrics import davies_bouldin_score, silhouette_score
+
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
+    x = _sample(np.asarray(features, dtype=np.float32), seed)
+    if not 2 <= k_max <= len(x) - 1:
+        raise ValueError(f"k-max must be between 2 and {len(x) - 1} (the images less one), "
+                         f"got {k_max}")  # fmt: skip
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    ks = list(range(2, k_max + 1))
+    sil, dbi = [], []
+    for k in ks:
+        labels, _ = kmeans(x, k, seed=seed, nredo=RESTARTS, plusplus=True)
+        if len(np.unique(labels)) < 2:  # every point in one cluster: nothing to score
+            sil.append(-1.0)
+            dbi.append(float("inf"))
+            continue
+        sil.append(float(silhouette_score(x, labels, metric="cosine")))
+        dbi.append(float(davies_bouldin_score(x, labels)))
+    gaps = eigengaps(x, k_max)
+    scores = {"silhouette": sil, "davies_bouldin": dbi, "eigengap": gaps}
+    picks = {
+        "silhouette": ks[int(np.argmax(sil))],
+        "davies_bouldin": ks[int(np.argmin(dbi))],
+        "eigengap": ks[int(np.argmax(gaps))],
+    }
+    return KChoice(picks[criterion], criterion, ks, scores, picks, len(x))
+
+
+def eigengaps(x: np.ndarray, k_max: int, neighbours: int = NEIGHBOURS) -> list[float]:
+    """``λ_{k+1} − λ_k`` for k = 2..k_max of the normalised Laplacian of the symmetric
+    ``neighbours``-nearest-neighbour graph of the rows of ``x`` (cosine similarity, 0/1 edges)."""
+    from scipy.linalg import eigh
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import laplacian
+
+    n = len(x)
+    m = min(neighbours, n - 1)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = np.argpartition(-sims, m - 1, axis=1)[:, :m]
+    rows = np.repeat(np.arange(n), m)
+    graph = csr_matrix((np.ones(n * m), (rows, nearest.ravel())), shape=(n, n))
+    graph = ((graph + graph.T) > 0).astype(np.float64)
+    lap = laplacian(graph, normed=True).toarray()
+    # Dense and exact: well-separated groups make a graph of several components, whose repeated
+    # zero eigenvalues an iterative (Lanczos) solver can miss. n ≤ SAMPLE: a few seconds.
+    lam = eigh(lap, subset_by_index=[0, min(k_max, n - 1)], eigvals_only=True)
+    return [float(lam[k] - lam[k - 1]) if k < len(lam) else 0.0 for k in range(2, k_max + 1)]
+
+
+def _sample(x: np.ndarray, seed: int) -> np.ndarray:
+    if len(x) <= SAMPLE:
+        return x.copy()
+    rows = np.random.default_rng(seed).choice(len(x), SAMPLE, replace=False)
+    return x[np.sort(rows)]
