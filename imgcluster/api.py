@@ -217,15 +217,18 @@ def _run(
     finish = EXPORT_SECONDS + (REPORT_SECONDS if report else 0.0)
     budget = config.optim.time_budget_minutes if budgeted else None
     budget_s = budget * 60.0 - finish if budget is not None else None
-    choice = None
+    k_choice = None  # --k auto: how k was chosen (a resumed run keeps its record)
+    if resuming and (out / rd.CONFIG).is_file():
+        k_choice = rd.read_json(out / rd.CONFIG).get("k_choice")
     if config.scl.k is None:  # --k auto: the features train alone, then k is chosen on them
         config, choice, pretrained = _choose_k(
             config, images, out, (world, device), callback, budget_s, start, pretrained
         )
+        k_choice = choice.to_dict()
     if world.is_main:
         meta = {"version": __version__, "world_size": world.world_size}
-        if choice is not None:
-            meta["k_choice"] = choice.to_dict()
+        if k_choice is not None:
+            meta["k_choice"] = k_choice
         rd.write_json(out / rd.CONFIG, {**config.to_dict(), **meta})
         rd.write_skipped(out / rd.SKIPPED, images.cache.skipped)
     trainer = Trainer(config, images.cache, device, world, truth, pretrained)
@@ -246,8 +249,7 @@ def _run(
         _export_and_report(out, images.cache.images, report, callback)
     problems = check_clusters(clusters, confidence, config.scl.k or 0)
     return FitResult(out, config, images.cache.paths, clusters, confidence, images.cache.skipped,
-                     trainer.epoch, str(device), history, problems,
-                     choice.to_dict() if choice is not None else None)  # fmt: skip
+                     trainer.epoch, str(device), history, problems, k_choice)  # fmt: skip
 
 
 def _pretrained_start(config: RunConfig, callback: Callback) -> dict[str, Any] | None:

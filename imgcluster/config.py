@@ -103,9 +103,6 @@ class SCLConfig:
     # Sinkhorn iterations towards equal cluster sizes in the label update (0: none, the
     # paper's). 3 measured better on balanced and on 9:1 imbalanced sets (docs/benchmarks.md).
     balance: int = 3
-    # After each label update, merge the closest pair of clusters and split the loosest when
-    # that lowers the features' within-cluster sum of squares (pseudo_labels.swap_merge_split).
-    swap: bool = False
     # Share of the epochs before the clusters start (ours): until then the pseudo labels stay
     # as drawn and only the features learn; then k-means on the features gives the labels, the
     # banks and the heads. 0: SCL from the first epoch, the paper's.

@@ -189,8 +189,15 @@ def test_new_folder_with_model_file_and_csv(tiny_run: Path, tmp_path: Path):
 
 def test_assign_never_imports_torch(tiny_run: Path, tmp_path: Path):
     """A machine with only onnxruntime can assign: torch is made unimportable here."""
+    # An import hook, as if torch were not installed (a None in sys.modules would trip
+    # libraries that look torch up there, such as scipy's array-API checks).
     code = (
-        "import sys; sys.modules['torch'] = None; sys.argv[0] = 'imgcluster'\n"
+        "import sys, importlib.abc\n"
+        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, NoTorch()); sys.argv[0] = 'imgcluster'\n"
         "from imgcluster.cli import main\n"
         "main()\n"
     )

@@ -141,21 +141,3 @@ def test_update_labels_with_balance_fills_an_overfull_cluster_less():
     assert np.bincount(plain, minlength=4).tolist() == [80, 20, 50, 50]  # no cluster too small
     assert np.bincount(even, minlength=4).tolist() == [50, 50, 50, 50]
     assert (even == y).all()
-
-
-def test_swap_repairs_a_split_group_and_a_merged_pair() -> None:
-    from imgcluster.method.pseudo_labels import swap_merge_split
-
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(4, 8)) * 3
-    x = np.repeat(centres, 50, axis=0) + rng.normal(size=(200, 8)) * 0.3
-    truth = np.repeat(np.arange(4), 50)
-    frozen = truth.copy()
-    frozen[frozen == 1] = 0  # groups 0 and 1 merged
-    frozen[100:125] = 1  # group 2 split in two
-    repaired = swap_merge_split(frozen, x, min_size=5)
-    # The same partition as the truth, up to the names of the clusters.
-    pairs = set(zip(repaired.tolist(), truth.tolist(), strict=True))
-    assert len(pairs) == 4 and len({a for a, _ in pairs}) == 4
-    # A partition that is already right is left alone.
-    assert np.array_equal(swap_merge_split(truth, x, min_size=5), truth)

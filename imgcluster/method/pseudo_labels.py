@@ -81,54 +81,6 @@ def merge_and_split(
     return labels
 
 
-def _sse(x: np.ndarray) -> float:
-    """Sum of squared distances of the rows of ``x`` to their mean."""
-    return float(((x - x.mean(axis=0)) ** 2).sum()) if len(x) else 0.0
-
-
-def swap_merge_split(
-    labels: np.ndarray, features: np.ndarray, min_size: int, seed: int = 0, moves: int = 3
-) -> np.ndarray:
-    """k-means local search on the partition (ours): merge the closest pair, split the loosest.
-
-    A partition that froze with one group split in two and two groups merged in one has a pair
-    of clusters whose union costs little (Ward: n_a·n_b/(n_a+n_b)·‖μ_a − μ_b‖²) and a cluster
-    whose 2-means split saves much (SSE before − after). When the saving exceeds the cost, the
-    pair becomes one cluster and the loose one is split, the second half taking the freed id:
-    the within-cluster sum of squares of the features falls. At most ``moves`` such swaps.
-    labels: N in [0, C); features: N×d → labels N.
-    """
-    labels = labels.copy()
-    c = int(labels.max()) + 1 if len(labels) else 0
-    for move in range(moves):
-        sizes = np.bincount(labels, minlength=c)
-        if c < 3 or (sizes < 2 * min_size).all():
-            break
-        means = np.stack([features[labels == j].mean(axis=0) if sizes[j] else
-                          np.zeros(features.shape[1]) for j in range(c)])  # fmt: skip
-        gains = np.full(c, -np.inf)
-        halves: dict[int, np.ndarray] = {}
-        for j in np.flatnonzero(sizes >= 2 * min_size):
-            split = split_cluster(labels, features, int(j), c, min_size, seed + move)
-            part = split[labels == j]
-            x = features[labels == j]
-            gains[j] = _sse(x) - _sse(x[part == j]) - _sse(x[part == c])
-            halves[int(j)] = split
-        loose = int(np.argmax(gains))
-        d = ((means[:, None, :] - means[None, :, :]) ** 2).sum(axis=2)
-        cost = np.outer(sizes, sizes) / np.maximum(sizes[:, None] + sizes[None, :], 1) * d
-        cost[np.arange(c), np.arange(c)] = np.inf
-        cost[loose, :] = cost[:, loose] = np.inf
-        cost[sizes == 0, :] = cost[:, sizes == 0] = np.inf
-        a, b = np.unravel_index(int(np.argmin(cost)), cost.shape)
-        if not gains[loose] > cost[a, b]:
-            break
-        labels[labels == b] = a
-        split = halves[loose]
-        labels[(split == c) & (labels == loose)] = b
-    return labels
-
-
 def balanced(probs: np.ndarray, iterations: int = 3) -> np.ndarray:
     """Sinkhorn-Knopp towards equal cluster sizes (SeLa, Asano et al. ICLR 2020; SwAV).
 
@@ -146,12 +98,7 @@ def balanced(probs: np.ndarray, iterations: int = 3) -> np.ndarray:
 
 
 def update_labels(
-    probs: np.ndarray,
-    features: np.ndarray,
-    min_size: int,
-    seed: int = 0,
-    balance: int = 0,
-    swap: bool = False,
+    probs: np.ndarray, features: np.ndarray, min_size: int, seed: int = 0, balance: int = 0
 ) -> np.ndarray:
     """Eq. 5 then merge-and-split: y_i = argmax_j p_ij, repaired so every cluster is legal.
 
@@ -161,8 +108,7 @@ def update_labels(
     """
     if balance:
         probs = balanced(probs, balance)
-    labels = merge_and_split(probs.argmax(axis=1).astype(np.int64), probs, features, min_size, seed)
-    return swap_merge_split(labels, features, min_size, seed) if swap else labels
+    return merge_and_split(probs.argmax(axis=1).astype(np.int64), probs, features, min_size, seed)
 
 
 def align_ids(new: np.ndarray, old: np.ndarray, num_clusters: int) -> np.ndarray:

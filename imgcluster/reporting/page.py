@@ -346,7 +346,11 @@ def _duplicates(data: _Run) -> str:
     if not groups:
         return ""
     shown = list(groups.values())[:10]
-    items = "".join("<li>" + " = ".join(_e(p) for p in g) + "</li>" for g in shown)
+    items = "".join(
+        "<li>" + " = ".join(_e(p) for p in g[:6]) + (f" (+{len(g) - 6} more)" if len(g) > 6 else "")
+        + "</li>"
+        for g in shown
+    )  # fmt: skip
     more = f"<p class='note'>and {len(groups) - len(shown)} more</p>" if len(groups) > 10 else ""
     title = f"{len(groups)} group" + ("" if len(groups) == 1 else "s")
     return (f"<section class='first'><h2>Near-duplicates: {title}</h2>"

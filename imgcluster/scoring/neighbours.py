@@ -24,7 +24,10 @@ from scipy.sparse.csgraph import connected_components
 from imgcluster.method.kmeans import cluster_centroids
 
 CANDIDATE_SIMILARITY = 0.9  # embeddings at least this alike are compared pixel by pixel
-PIXEL_CORRELATION = 0.95  # thumbnails correlating this much are the same picture
+# Thumbnails correlating this much are the same picture. A resized, JPEG-70 re-encoded copy
+# correlates above 0.999; two different 8-px digits drawn alike reach 0.98 (at 0.95 the demo's
+# 1,797 digits made 50 groups, one of 414 images chained pair by pair; at 0.99, 13 pairs).
+PIXEL_CORRELATION = 0.99
 NEIGHBOURS = 10  # candidates looked at per image
 THUMB = 16  # side of the greyscale thumbnails compared
 

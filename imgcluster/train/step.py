@@ -260,8 +260,7 @@ def update_task_labels(model: SCL, preds: Predictions, min_size: int, seed: int)
         source = preds.probs[name] if model.cfg.online_cd else preds.memory_probs[name]
         size = min_cluster_size(min_size, len(preds.features), task.num_clusters)
         old = task.labels.cpu().numpy().copy()  # .numpy() of a CPU buffer shares its memory
-        cfg = model.cfg
-        labels = update_labels(source, preds.features, size, seed, cfg.balance, cfg.swap)
+        labels = update_labels(source, preds.features, size, seed, model.cfg.balance)
         new = align_ids(labels, old, task.num_clusters)
         flips = update_flip_counts(task.flips.cpu().numpy().copy(), old, new)
         task.labels.copy_(torch.from_numpy(new))
