@@ -141,6 +141,7 @@ def fit(
         "$TORCH_HOME/hub/checkpoints; --download fetches them) or a .pth/.pt/.safetensors "
         "state dict of a torchvision or timm ResNet.",
         rich_help_panel="Pretrained start",
+        metavar="imagenet|FILE",
     ),
     freeze_encoder: bool = typer.Option(
         False,
