@@ -301,10 +301,12 @@ def _choose_k(
     # Scored on the backbone's features: instance discrimination spreads the projected
     # embeddings evenly over the sphere, while the features before the projection keep the
     # groups (docs/benchmarks.md, "Choosing k").
-    pooled = trainer.predict(backbone=True).backbone
+    preds = trainer.last_predictions
+    if preds is None or preds.backbone is None:  # a budget that cut the planned last epoch
+        preds = trainer.predict(backbone=True)
     choice = None
     if world.is_main:
-        choice = estimate_k(pooled, k_max, config.optim.seed)  # type: ignore[arg-type]
+        choice = estimate_k(preds.backbone, k_max, config.optim.seed)  # type: ignore[arg-type]
     choice = broadcast_object(choice)
     message(callback, choice.summary())
     encoder = {name: v.detach().cpu() for name, v in trainer.model.encoder.state_dict().items()}

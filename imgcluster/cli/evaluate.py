@@ -40,6 +40,7 @@ def evaluate(
     ),
 ) -> None:
     """Score clusters against true labels: ACC (Hungarian), NMI, ARI, confusion matrix."""
+    from imgcluster import rundir as rd
     from imgcluster.api import evaluate as evaluate_run
 
     with user_errors():
@@ -51,7 +52,7 @@ def evaluate(
     if (
         result.run is not None
         and not no_report
-        and (result.run / "report" / "index.html").is_file()
+        and (result.run / rd.REPORT / "index.html").is_file()
     ):
         with user_errors(), console.status("updating the run's report with these scores"):
             page = _update_report(result)

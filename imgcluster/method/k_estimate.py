@@ -30,6 +30,7 @@ import numpy as np
 from imgcluster.method.kmeans import kmeans
 
 CRITERIA: tuple[str, ...] = ("silhouette", "davies_bouldin", "eigengap")
+LOWER_IS_BETTER: tuple[str, ...] = ("davies_bouldin",)
 DEFAULT_CRITERION = "davies_bouldin"
 SAMPLE = 3000  # features scored; k-means and the graph stay a few seconds on a CPU
 NEIGHBOURS = 10  # of the eigengap's graph
@@ -98,11 +99,8 @@ def estimate_k(
         gaps = eigengaps(graph, min(k_max, len(graph) - 2))
         gaps += [0.0] * (len(ks) - len(gaps))
     scores = {"silhouette": sil, "davies_bouldin": dbi, "eigengap": gaps}
-    picks = {
-        "silhouette": ks[int(np.argmax(sil))],
-        "davies_bouldin": ks[int(np.argmin(dbi))],
-        "eigengap": ks[int(np.argmax(gaps))],
-    }
+    best = {c: np.argmin if c in LOWER_IS_BETTER else np.argmax for c in CRITERIA}
+    picks = {c: ks[int(best[c](scores[c]))] for c in CRITERIA}
     return KChoice(picks[criterion], criterion, ks, scores, picks, len(x))
 
 

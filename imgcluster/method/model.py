@@ -195,9 +195,13 @@ class Encoder(nn.Module):
                 return self.backbone(x)
         return self.backbone(x)
 
+    def project(self, h: Tensor) -> Tensor:
+        """Pooled features to unit-norm embeddings, ``B x D`` -> ``B x feature_dim``."""
+        return F.normalize(self.projector(h), dim=1)
+
     def forward(self, x: Tensor) -> Tensor:
         """Unit-norm embeddings, ``B x 3 x S x S`` -> ``B x feature_dim``."""
-        return F.normalize(self.projector(self.features(x)), dim=1)
+        return self.project(self.features(x))
 
 
 class ClusterHead(nn.Module):

@@ -162,13 +162,15 @@ def k_choice(choice: dict[str, Any] | None) -> bytes | None:
     Davies–Bouldin inverted, as lower is better), each pick marked, the chosen k as a line."""
     if not choice:
         return None
+    from imgcluster.method.k_estimate import LOWER_IS_BETTER
+
     ks = np.asarray(choice["ks"])
     fig = _figure(6.4, 3.4)
     ax = fig.add_subplot()
     for name, values in choice["scores"].items():
         v = np.asarray(values, dtype=float)
         v = np.where(np.isfinite(v), v, np.nan)
-        if name == "davies_bouldin":
+        if name in LOWER_IS_BETTER:
             v = -v
         span = np.nanmax(v) - np.nanmin(v)
         v = (v - np.nanmin(v)) / span if span > 0 else np.ones_like(v)

@@ -201,7 +201,7 @@ def predict(
         with autocast(batch.device):
             x = preprocess(batch).contiguous(memory_format=MEMORY_FORMAT)
             h = encoder.features(x)  # n×D
-            q = torch.nn.functional.normalize(encoder.projector(h), dim=1).float()  # n×d
+            q = encoder.project(h).float()  # n×d
         feats.append(q.cpu())
         if backbone:
             pooled.append(h.float().cpu())
@@ -350,8 +350,8 @@ def make_optimizer(model: SCL, cfg: RunConfig) -> torch.optim.SGD:
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in apart]
     groups: list[dict[str, Any]] = [{"params": rest, "lr_scale": 1.0}]
     if backbone:
-        scale = encoder_scale
-        groups.insert(0, {"params": backbone, "lr_scale": scale, "lr": cfg.optim.lr * scale})
+        lr = cfg.optim.lr * encoder_scale
+        groups.insert(0, {"params": backbone, "lr_scale": encoder_scale, "lr": lr})
     if heads:
         scale = cfg.optim.head_lr_scale
         groups.append({"params": heads, "lr_scale": scale, "lr": cfg.optim.lr * scale})

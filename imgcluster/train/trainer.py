@@ -205,7 +205,10 @@ class Trainer:
         if (self.model.tasks and not warming) or start_now or last or self.truth is not None:
             callback(Progress("labels", 0, 1))
             known = self.truth is not None  # diagnostics: p̃ and the backbone's features too
-            self.last_predictions = self.predict(memory=known, backbone=start_now or known)
+            # Without clustering tasks (the baseline, --k auto's first phase) only the last
+            # epoch predicts, and k is chosen on the backbone's features.
+            pooled = start_now or known or not self.model.tasks
+            self.last_predictions = self.predict(memory=known, backbone=pooled)
             seed = cfg.optim.seed + self.epoch
             if start_now:
                 task_stats = self.start_clusters(seed)
@@ -258,10 +261,10 @@ class Trainer:
         preds = self.last_predictions
         assert preds is not None
         features = torch.from_numpy(preds.features).to(self.device)
+        pooled = preds.backbone if preds.backbone is not None else preds.features
         stats: dict[str, Any] = {}
         for name, task in self.model.tasks.items():
             old = task.labels.cpu().numpy().copy()
-            pooled = preds.backbone if preds.backbone is not None else preds.features
             new = torch.from_numpy(start_labels(pooled, task.num_clusters, seed))
             new = new.to(task.labels.device)
             if self.world.distributed:
