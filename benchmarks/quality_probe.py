@@ -2,9 +2,11 @@
 
     python benchmarks/quality_probe.py FOLDER OUT '{"scl": {"balance": 0}, "optim": {"epochs": 15}}'
     AUGMENT='{"scale": [0.5, 1.0], "flip_p": 0.0}' python benchmarks/quality_probe.py FOLDER OUT
+    SMALL_WIDTHS=64,128,256,512 python benchmarks/quality_probe.py FOLDER OUT
 
 FOLDER must hold a labels.csv (path,label) of every image; it is read only to score each epoch.
-``AUGMENT`` replaces the views' parameters (both kinds) for crop and flip experiments. The rows of
+``AUGMENT`` replaces the views' parameters (both kinds) for crop and flip experiments;
+``SMALL_WIDTHS`` the small network's four widths, for capacity experiments. The rows of
 docs/benchmarks.md, "Quality experiments", were measured this way.
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from imgcluster.api import fit
 from imgcluster.config import RunConfig
-from imgcluster.method import augment
+from imgcluster.method import augment, model
 
 COLUMNS = ("acc", "memory_acc", "kmeans_acc", "knn_agreement", "backbone_kmeans_acc",
            "backbone_knn_agreement", "pseudo_label_acc", "feature_spread",
@@ -36,6 +38,10 @@ def main() -> None:
         )
         for name in list(augment.AUGMENTATIONS):
             augment.AUGMENTATIONS[name] = params
+    widths = os.environ.get("SMALL_WIDTHS")
+    if widths:
+        model._SMALL_WIDTHS = tuple(int(w) for w in widths.split(","))
+        model.FEATURE_DIMS["small"] = model._SMALL_WIDTHS[-1]
     shutil.rmtree(out, ignore_errors=True)
     cfg = RunConfig().replace(data={"source": str(source), "labels": str(source / "labels.csv")})
     start = time.perf_counter()

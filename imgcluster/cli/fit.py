@@ -89,7 +89,7 @@ def fit(
         "--k",
         "-k",
         help="Number of clusters, or auto: chosen from the images (the features train alone "
-        "for a fifth of the run, then k = 2..k-max are scored) \\[default: a benchmark's "
+        "for 40 % of the run, then k = 2..k-max are scored) \\[default: a benchmark's "
         "classes, else 10].",
         rich_help_panel="Basics",
         metavar="N|auto",
