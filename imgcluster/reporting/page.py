@@ -35,6 +35,7 @@ from imgcluster.scoring.health import check_clusters, confidence_words
 TSNE_SAMPLE = 2000  # Barnes-Hut t-SNE, one thread: ~3 s for 1,000 points on a busy 2-core CPU
 TSNE_STEPS = 500
 PER_SHEET = 16  # images on each contact sheet
+DUPLICATES_NAMED = 6  # file names listed per near-duplicate group
 INDEX = "index.html"
 CONFUSION = "confusion.png"  # drawn by ``eval`` into the report folder
 
@@ -346,8 +347,9 @@ def _duplicates(data: _Run) -> str:
     if not groups:
         return ""
     shown = list(groups.values())[:10]
+    n = DUPLICATES_NAMED
     items = "".join(
-        "<li>" + " = ".join(_e(p) for p in g[:6]) + (f" (+{len(g) - 6} more)" if len(g) > 6 else "")
+        "<li>" + " = ".join(_e(p) for p in g[:n]) + (f" (+{len(g) - n} more)" if len(g) > n else "")
         + "</li>"
         for g in shown
     )  # fmt: skip
