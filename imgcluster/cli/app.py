@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from imgcluster import __version__
 
+
 def _switches_show_no_type() -> None:
     """Show switches as switches: typer's rich help prints a type beside every option, flags
     included (``--help <bool>``, ``--compile/--no-compile <bool>``), though a flag takes no

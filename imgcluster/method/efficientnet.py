@@ -162,9 +162,7 @@ class EfficientNetLite(nn.Module):
     """EfficientNet-Lite ``name`` (a key of :data:`SCALING`), randomly initialised.
 
     ``forward``: ImageNet-normalised ``B x 3 x S x S`` (any S ≥ 32) → ``B x 1280`` pooled
-    features; ``logits``: → ``B x 1000`` ImageNet logits (``classifier=True`` only). For partial fine-tuning the network
-    splits at a block: :meth:`trunk` runs the stem and the first blocks, :meth:`tail` the rest
-    and the pooled head.
+    features; ``logits``: → ``B x 1000`` ImageNet logits (``classifier=True`` only).
     """
 
     def __init__(self, name: str = "efficientnet_lite0", classifier: bool = True) -> None:
@@ -190,23 +188,13 @@ class EfficientNetLite(nn.Module):
         self._fc = nn.Linear(FEATURE_DIM, 1000) if classifier else None
         self.out_dim = FEATURE_DIM
 
-    def trunk(self, x: Tensor, blocks: int) -> Tensor:
-        """Stem and the first ``blocks`` blocks: ``B x 3 x S x S`` → a feature map."""
+    def forward(self, x: Tensor) -> Tensor:
+        """Pooled features, ``B x 3 x S x S`` → ``B x 1280``."""
         x = F.relu6(self._bn0(self._conv_stem(self.input_scale(x))))
-        for block in self._blocks[:blocks]:
-            x = block(x)
-        return x
-
-    def tail(self, x: Tensor, blocks: int) -> Tensor:
-        """Blocks from ``blocks`` on, the head convolution and average pooling → ``B x 1280``."""
-        for block in self._blocks[blocks:]:
+        for block in self._blocks:
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Pooled features, ``B x 3 x S x S`` → ``B x 1280``."""
-        return self.tail(self.trunk(x, len(self._blocks)), len(self._blocks))
 
     def logits(self, x: Tensor) -> Tensor:
         """ImageNet logits, ``B x 3 x S x S`` → ``B x 1000`` (a network built with its

@@ -236,7 +236,8 @@ def exact_state(
     try:
         backbone.load_state_dict(kept, strict=True)
     except RuntimeError as e:  # a shape mismatch
-        raise RunError(f"{source} does not fit the network: {' '.join(str(e).split())[:200]}")
+        detail = " ".join(str(e).split())[:200]
+        raise RunError(f"{source} does not fit the network: {detail}") from e
     report = InitReport(source, loaded=list(own), unused=[k for k in state if k not in own])
     return kept, report
 

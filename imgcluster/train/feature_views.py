@@ -216,4 +216,3 @@ def time_one_view(backbone: nn.Module, images: DeviceImages, batch_size: int) ->
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
     return (time.perf_counter() - start) / len(idx)
-

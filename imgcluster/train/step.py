@@ -204,7 +204,11 @@ def predict(
     for idx, batch in images.sequential(batch_size, indices):
         with autocast(batch.device):
             # Images are normalised; cached views (FeatureViews) are the backbone's features.
-            x = preprocess(batch).contiguous(memory_format=MEMORY_FORMAT) if batch.ndim == 4 else batch
+            x = (
+                preprocess(batch).contiguous(memory_format=MEMORY_FORMAT)
+                if batch.ndim == 4
+                else batch
+            )
             h = encoder.features(x)  # n×D
             q = encoder.project(h).float()  # n×d
         feats.append(q.cpu())
