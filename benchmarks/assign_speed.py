@@ -1,9 +1,11 @@
 """assign throughput (images/s) next to a bare PIL decode+resize loop over the same files.
 
 Usage: python benchmarks/assign_speed.py ../shared/data/imagenette-val [--size 96] [--json]
+       python benchmarks/assign_speed.py FOLDER --backbone efficientnet_lite0 --size 160 --json
 
-The model is the small backbone with a 10-cluster head, untrained (random weights): an assign
-pass costs the same whatever the weights, so no training run is needed. It is exported with
+The model is the backbone (``--backbone``, default the small net; ``efficientnet_lite0`` is the
+packaged start's) with a 10-cluster head, untrained (random weights): an assign pass costs the
+same whatever the weights, so no training run is needed. It is exported with
 imgcluster's own exporter (checked against torch) into a temporary folder. Every file is read
 once before timing (warm page cache for both sides). Then, alternately and ``--repeats`` times:
 the bare loop (one process: open, ``draft`` as decode_image does, convert to RGB, resize to
@@ -38,8 +40,8 @@ def bare_loop(root: Path, paths: list[str], size: int) -> float:
     return time.perf_counter() - start
 
 
-def export_untrained(folder: Path, size: int, k: int = 10) -> Path:
-    """A small-backbone model with random weights, exported and checked like a real run's."""
+def export_untrained(folder: Path, size: int, backbone: str = "small", k: int = 10) -> Path:
+    """A model with random weights, exported and checked like a real run's."""
     import torch
 
     from imgcluster.assigning.onnx_model import ModelInfo
@@ -48,10 +50,10 @@ def export_untrained(folder: Path, size: int, k: int = 10) -> Path:
     from imgcluster.method.scl import CLUSTERING, SCL
 
     torch.manual_seed(0)
-    scl = SCL("small", 2 * k, SCLConfig(k=k))
+    scl = SCL(backbone, 2 * k, SCLConfig(k=k))
     graph = InferenceGraph(scl.encoder, scl.task(CLUSTERING).head).eval()
     batch = np.random.default_rng(0).integers(0, 256, (8, 3, size, size), dtype=np.uint8)
-    info = ModelInfo(size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), k, "bench", "", "small")
+    info = ModelInfo(size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), k, "bench", "", backbone)
     data = to_onnx(graph, batch, info)
     diff, _ = compare(graph, data, batch)
     assert diff < 1e-4, diff
@@ -77,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--size", type=int, default=96, help="image side S (default 96)")
+    parser.add_argument("--backbone", default="small", help="small or efficientnet_lite0")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--folders", action="store_true", help="also time --export-folders")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -87,7 +90,7 @@ def main() -> None:
         (args.folder / rel).read_bytes()
     bare, assign_s, folders_s = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        model = export_untrained(Path(tmp), args.size)
+        model = export_untrained(Path(tmp), args.size, args.backbone)
         for _ in range(args.repeats):
             bare.append(bare_loop(args.folder, paths, args.size))
             assign_s.append(timed_assign(args.folder, model, Path(tmp), export=False))
@@ -97,6 +100,7 @@ def main() -> None:
     report = {
         "images": n,
         "size": args.size,
+        "backbone": args.backbone,
         "cpus": len(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),

@@ -46,7 +46,7 @@ PACKAGED_BACKBONE = "efficientnet_lite0"
 PACKAGED_BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite2")
 # Share of the epochs that train a frozen pretrained backbone's embeddings alone before the
 # clusters start from k-means on them (docs/benchmarks.md, "Pretrained start").
-PRETRAINED_WARMUP = 0.2
+PRETRAINED_WARMUP = 0.4
 METHODS: tuple[str, ...] = ("scl", "moco-kmeans")
 
 

@@ -146,6 +146,7 @@ class Trainer:
         self.cache_file = cache.file
         # A frozen backbone's views, computed once (prepare_views); the epochs then read them.
         self.views: FeatureViews | None = None
+        self.views_record: dict[str, Any] = {}  # how long they took: the next history line
         self.batch = global_batch_size(cfg.optim.batch_size, n, world.world_size)
         # On a CPU the label update reuses the memory that a training step frees: in batches
         # of the step's size its tensors fit the freed blocks, where 512s would add ~170 MB of
@@ -171,10 +172,14 @@ class Trainer:
             views = views_per_image(seconds, len(self.images), budget_s, DEFAULT_VIEWS)
             self.cfg = self.cfg.replace(data={"views": views})
         params = AUGMENTATIONS[self.cfg.data.augment]
+        began = time.perf_counter()
         seed, batch = self.cfg.optim.seed, self.predict_batch
         self.views = cached_views(backbone, self.images, self.cache_file, views, params, seed,
                                   batch, callback, self.world)  # fmt: skip
         self.kernels = StepKernels(FeatureViews.draw, self.kernels.loss_terms)
+        seconds = time.perf_counter() - began
+        per_s = len(self.images) * (views + 1) / max(seconds, 1e-9)
+        self.views_record = {"views": views, "views_seconds": seconds, "views_per_s": per_s}
 
     @property
     def source(self) -> DeviceImages | FeatureViews:
@@ -260,7 +265,9 @@ class Trainer:
                 diagnosed = self.diagnose(self.last_predictions)
         self.epoch += 1
         record = history_record(self.epoch, stats, task_stats, time.perf_counter() - started)
-        return {**record, **diagnosed}
+        record = {**record, **diagnosed, **self.views_record}
+        self.views_record = {}
+        return record
 
     def diagnose(self, preds: Predictions) -> dict[str, Any]:
         """The epoch's diagnostics (imgcluster.scoring.diagnostics): label-free ones always,

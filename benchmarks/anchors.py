@@ -1,0 +1,132 @@
+"""The anchors a trained run must beat: k-means (and UMAP + k-means) on a network's frozen
+features, or on the pixels, of a labelled folder.
+
+    python benchmarks/anchors.py ../shared/data/cifar10-test --size 96 --json
+    python benchmarks/anchors.py ../shared/data/mnist-test --features pixels --size 28
+    python benchmarks/anchors.py FOLDER --limit 300 --seeds 1 --no-umap --json
+
+``--features``: ``efficientnet_lite0`` / ``efficientnet_lite2`` (the packaged ImageNet
+weights, pooled 1,280-d features of the plain view, exactly what ``fit``'s default start
+begins from, rows l2-normalised) or ``pixels`` (the decoded S×S image, centred per image and
+l2-normalised). Images are decoded as ``fit`` decodes them (the decode cache, side ``--size``).
+k-means: faiss, 10 k-means++ restarts, the lowest inertia kept, one run per seed; the table
+gives the mean over ``--seeds`` and each seed's ACC. UMAP (10 dimensions, 15 neighbours, cosine
+metric; needs ``pip install umap-learn``, skipped without it) runs once per seed before the same
+k-means. The folder needs a labels.csv (path,label); k is its number of classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import imgcluster  # noqa: F401
+except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from imgcluster.data.cache import build_cache
+from imgcluster.data.scan import scan_folder
+from imgcluster.data.sources import known_classes
+from imgcluster.method.kmeans import kmeans
+from imgcluster.scoring.metrics import score
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder", type=Path, help="labelled image folder (with labels.csv)")
+    p.add_argument("--features", default="efficientnet_lite0",
+                   choices=("efficientnet_lite0", "efficientnet_lite2", "pixels"))  # fmt: skip
+    p.add_argument("--size", type=int, default=96, help="image side S (as fit --image-size)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many images")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--no-umap", action="store_true", help="k-means only")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p.parse_args(argv)
+
+
+def frozen_features(images: np.ndarray, name: str, batch: int = 64) -> np.ndarray:
+    """Pooled features of the packaged ImageNet network, N×1280."""
+    import torch
+
+    from imgcluster.method.augment import preprocess
+    from imgcluster.method.model import build_backbone
+    from imgcluster.method.pretrained import load_start
+
+    net = build_backbone(name)
+    state, _ = load_start(net, "imagenet", name)
+    net.load_state_dict(state)
+    net = net.eval().to(memory_format=torch.channels_last)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = preprocess(torch.from_numpy(np.array(images[i : i + batch])))
+            out.append(net(x.contiguous(memory_format=torch.channels_last)).numpy())
+    return np.concatenate(out)
+
+
+def pixel_features(images: np.ndarray) -> np.ndarray:
+    x = np.asarray(images, dtype=np.float32).reshape(len(images), -1)
+    return x - x.mean(axis=1, keepdims=True)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def clustered(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    labels, _ = kmeans(x, k, seed=seed, nredo=10, plusplus=True)
+    return labels
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    paths = scan_folder(args.folder).paths[: args.limit]
+    cache = build_cache(args.folder, paths, args.size)
+    classes = known_classes(cache.paths, args.folder / "labels.csv", args.folder)
+    k = len(np.unique(classes))
+    began = time.perf_counter()
+    if args.features == "pixels":
+        x = unit_rows(pixel_features(cache.images))
+    else:
+        x = unit_rows(frozen_features(cache.images, args.features))
+    seconds = time.perf_counter() - began
+    rows = {"kmeans": [score(clustered(x, k, s), classes) for s in range(args.seeds)]}
+    umap_note = None
+    if not args.no_umap:
+        try:
+            import umap
+        except ImportError:
+            umap_note = "umap-learn not installed"
+        else:
+            rows["umap_kmeans"] = []
+            for s in range(args.seeds):
+                low = umap.UMAP(n_components=10, n_neighbors=15, metric="cosine",
+                                random_state=s).fit_transform(x)  # fmt: skip
+                rows["umap_kmeans"].append(score(clustered(low, k, s), classes))
+    report: dict = {"folder": args.folder.name, "images": len(x), "k": k,
+                    "features": args.features, "size": args.size,
+                    "feature_seconds": round(seconds, 1)}  # fmt: skip
+    for name, scores in rows.items():
+        report[name] = {
+            "acc": round(float(np.mean([s.acc for s in scores])), 4),
+            "nmi": round(float(np.mean([s.nmi for s in scores])), 4),
+            "ari": round(float(np.mean([s.ari for s in scores])), 4),
+            "acc_per_seed": [round(s.acc, 4) for s in scores],
+        }
+    if umap_note:
+        report["umap_kmeans"] = umap_note
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key:>16}: {value}")
+
+
+if __name__ == "__main__":
+    main()
