@@ -29,13 +29,42 @@ def test_unknown_keys_are_ignored():
     assert RunConfig.from_dict(d) == RunConfig()
 
 
+# The paper's value of every method setting (docs/method.md, "--preset paper"), written out
+# here rather than read from PRESETS, so that the preset is checked against the paper.
+PAPER = {
+    "model": {"backbone": "resnet34", "feature_dim": 128, "projector_bn": False},
+    "scl": {
+        "method": "scl", "momentum": 0.9, "temperature": 0.1, "alpha": 1.0, "beta": 1.0,
+        "min_cluster_size": 20, "cross_cluster": True, "online_cd": True, "hard_mining": True,
+        "balance": 0, "warmup": 0.0, "mask_own_keys": False, "align_ids": False,
+    },
+    "optim": {
+        "epochs": 200, "batch_size": 256, "lr": 0.03, "head_lr_scale": 1.0,
+        "weight_decay": 5e-4, "sgd_momentum": 0.9,
+    },
+    "data": {"augment": "colour"},
+}  # fmt: skip
+
+
 def test_paper_preset_gives_the_papers_settings():
     cfg = with_preset(RunConfig(), "paper")
-    assert (cfg.scl.momentum, cfg.scl.memory_size, cfg.scl.temperature) == (0.9, 4096, 0.1)
-    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.batch_size) == (0.03, 5e-4, 256)
-    assert (cfg.optim.epochs, cfg.model.backbone, cfg.data.augment) == (200, "resnet34", "colour")
+    for section, values in PAPER.items():
+        for name, value in values.items():
+            assert getattr(getattr(cfg, section), name) == value, f"{section}.{name}"
     with pytest.raises(ValueError, match="preset"):
         with_preset(RunConfig(), "fast")
+
+
+@pytest.mark.parametrize(
+    ("source", "memory"), [("cifar10", 4096), ("stl10", 4096), ("tiny-imagenet", 8192)]
+)
+def test_paper_preset_takes_the_memory_size_the_paper_gives_the_set(tmp_path, source, memory):
+    """K = 4096, 8192 for large sets such as Tiny-ImageNet (200 banks of 8192/199 = 41 keys)."""
+    given = RunConfig().replace(data={"source": source, "data_root": str(tmp_path)})
+    assert resolve(with_preset(given, "paper")).scl.memory_size == memory
+    assert resolve(given).scl.memory_size == 4096  # the default is 4096 everywhere
+    folder = RunConfig().replace(data={"source": str(tmp_path)})
+    assert resolve(with_preset(folder, "paper")).scl.memory_size == 4096
 
 
 def test_defaults_differ_from_the_paper_where_measured_better():
