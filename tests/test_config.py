@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
+from conftest import copy_cifar_subset
+from typer.testing import CliRunner
 
 from imgcluster.config import (
     BUDGET_MAX_EPOCHS,
     DEFAULT_EPOCHS,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
     RunConfig,
+    SCLConfig,
     auto_batch_size,
     resolve,
     under_clustering_k,
@@ -125,3 +134,79 @@ def test_a_pretrained_start_resolves_to_a_resnet_its_size_and_a_slower_encoder(t
         resolve(folder.replace(model={"freeze_encoder": True}))
     with pytest.raises(ValueError, match="--init starts a ResNet"):
         resolve(started.replace(model={"backbone": "small"}))
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "scl": SCLConfig, "optim": OptimConfig}
+# Settings config.json holds that are not the method's: where the run reads, writes and runs.
+NOT_METHOD = {"optim": {"time_budget_minutes", "seed", "device", "compile"}}
+
+
+@pytest.fixture
+def written_config(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``imgcluster fit cifar10 --data-root ROOT ARGS...`` → its config.json, as a dict. The run
+    stops once config.json is written: the settings are the check, not 200 epochs of a
+    ResNet-34."""
+    import imgcluster.train.trainer as trainer_module
+    from imgcluster.cli import app
+    from imgcluster.errors import RunError
+
+    def stop(*args, **kwargs):
+        raise RunError("stopped after config.json")
+
+    monkeypatch.setattr(trainer_module, "Trainer", stop)
+    root = copy_cifar_subset(data_root, tmp_path / "cifar", 4)  # the set's class folders
+
+    def run(*args: str) -> dict:
+        out = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+        fit = ["fit", "cifar10", "--data-root", str(root), "--out", str(out), *args]
+        result = CliRunner().invoke(app, [*fit, "--workers", "1", "--device", "cpu"])
+        assert "stopped after config.json" in result.output, result.output
+        return json.loads((out / "config.json").read_text())
+
+    return run
+
+
+def test_fit_preset_paper_on_a_benchmark_writes_the_papers_settings(written_config):
+    """``imgcluster fit cifar10 --preset paper``: config.json holds the paper's value of every
+    method setting, the ones resolved for the set included (k, K, image size, no pretrained
+    start), and the test names every setting of the method's sections."""
+    saved = written_config("--preset", "paper")
+    resolved = {
+        "scl": {"k": 10, "k_auto": False, "k_max": None, "memory_size": 4096},
+        "model": {"init": None, "freeze_encoder": False},
+        "optim": {"encoder_lr_scale": 1.0},
+        "data": {"image_size": 32, "benchmark": "cifar10"},
+    }
+    for section in ("model", "scl", "optim", "data"):
+        want = {**PAPER.get(section, {}), **resolved.get(section, {})}
+        got = {name: saved[section][name] for name in want}
+        assert got == want, section
+    for section, cls in (("model", ModelConfig), ("scl", SCLConfig), ("optim", OptimConfig)):
+        named = set(PAPER[section]) | set(resolved[section]) | NOT_METHOD.get(section, set())
+        assert {f.name for f in fields(cls)} <= named, f"{section}: a setting the test misses"
+
+
+def test_options_after_the_preset_still_apply(written_config):
+    """Each switch the preset turns off can be turned back on, and the defaults keep ours."""
+    back = ["--projector-bn", "--own-key-mask", "--align-ids", "--head-lr-scale", "50"]
+    saved = written_config("--preset", "paper", *back)
+    assert saved["model"]["projector_bn"] and saved["optim"]["head_lr_scale"] == 50
+    assert saved["scl"]["mask_own_keys"] and saved["scl"]["align_ids"]
+    assert saved["scl"]["momentum"] == 0.9  # the rest is still the paper's
+    plain = written_config("--no-own-key-mask", "--no-align-ids", "--no-projector-bn")
+    assert not (plain["scl"]["mask_own_keys"] or plain["scl"]["align_ids"])
+    assert not plain["model"]["projector_bn"] and plain["scl"]["momentum"] == 0.99
+
+
+def test_the_preset_table_of_the_method_page_names_the_tested_settings():
+    """docs/method.md lists every setting of ``--preset paper`` (setting, paper, preset,
+    default, why) by its config.json name; each is a real setting, and each one this file
+    checks is there. Differences that are no setting are listed below the table in words."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
+    rows = page.split("<!-- preset:begin -->")[1].split("<!-- preset:end -->")[0].splitlines()
+    first = [row.split("|")[1] for row in rows if row.startswith("| `")]  # the setting column
+    named = {name for cell in first for name in re.findall(r"`([^`]+)`", cell)}
+    tested = {f"{section}.{name}" for section, values in PAPER.items() for name in values}
+    assert tested | {"scl.memory_size"} <= named
+    configurable = {f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)}
+    assert named <= configurable, named - configurable
