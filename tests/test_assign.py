@@ -222,6 +222,7 @@ def _workers_of(pid: int) -> int:
     return sum(pp in servers for pp in parent.values())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="counts processes via /proc")
 def test_a_big_folder_through_the_console_script_with_workers(
     tiny_run: Path, data_root: Path, tmp_path: Path

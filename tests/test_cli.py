@@ -16,6 +16,10 @@ from conftest import copy_cifar_subset
 from imgcluster import rundir
 from imgcluster.scoring.metrics import score
 
+# Every test here runs the command in a subprocess, most on a trained run: CI's full suite,
+# not the fast loop (`python -m pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 PER_CLASS = 40
 EPOCHS = 15
 

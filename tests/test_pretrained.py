@@ -159,6 +159,7 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_frozen_start_leaves_the_encoder_unchanged(
     data_root: Path, tmp_path: Path, weights_file: Path
 ) -> None:
@@ -178,6 +179,7 @@ def test_cli_frozen_start_leaves_the_encoder_unchanged(
     assert (out / "model.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_cli_init_errors_are_one_line(tmp_path: Path, weights_file: Path) -> None:
     (tmp_path / "imgs").mkdir()
     proc = run_cli("fit", str(tmp_path / "imgs"), "--init", str(tmp_path / "none.pth"))

@@ -81,6 +81,7 @@ def messy(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
     return src, run, sorted_out, good, bad, before, fitted, assigned
 
 
+@pytest.mark.slow
 def test_messy_folder_fits_and_assigns(messy) -> None:
     src, run, sorted_out, good, bad, before, fitted, assigned = messy
     assert fitted.returncode == 0, fitted.stderr[-2000:]
@@ -240,6 +241,7 @@ def _stamp(run: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_sigkill_anywhere_then_resume(data_root: Path, tmp_path: Path) -> None:
     src = copy_cifar_subset(data_root, tmp_path / "src", 5)
     run, env, epochs = tmp_path / "run", _env(tmp_path), 4
@@ -279,6 +281,7 @@ def test_sigkill_anywhere_then_resume(data_root: Path, tmp_path: Path) -> None:
     assert not [p for p in run.iterdir() if "tmp" in p.name]
 
 
+@pytest.mark.slow
 def test_killed_before_its_first_checkpoint_starts_over(data_root: Path, tmp_path: Path) -> None:
     src = copy_cifar_subset(data_root, tmp_path / "src", 2)
     run = tmp_path / "run"
@@ -300,6 +303,7 @@ def _heed_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(data_root: Path, tmp_path: Path) -> None:
     src = copy_cifar_subset(data_root, tmp_path / "src", 10)
     run = tmp_path / "run"
