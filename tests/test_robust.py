@@ -106,6 +106,7 @@ def test_messy_folder_fits_and_assigns(messy) -> None:
     assert all(k.split("/")[0] in ("runs", "sorted") for k in set(after) - set(before))
 
 
+@pytest.mark.slow
 def test_outputs_inside_the_source_are_not_scanned(messy) -> None:
     src, _, _, good, *_ = messy
     paths = scan_folder(src).paths  # runs/r and sorted/ hold images: left out
@@ -113,6 +114,7 @@ def test_outputs_inside_the_source_are_not_scanned(messy) -> None:
     assert not [p for p in paths if p.startswith(("runs/", "sorted/"))]
 
 
+@pytest.mark.slow
 def test_links_out_of_the_source_only_with_follow_links(messy) -> None:
     from imgcluster.assigning.assignment import assign
 
@@ -123,6 +125,7 @@ def test_links_out_of_the_source_only_with_follow_links(messy) -> None:
     assert "bad/outside.jpg" in followed.paths
 
 
+@pytest.mark.slow
 def test_interrupted_export_rerun_leaves_one_copy_each(
     messy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

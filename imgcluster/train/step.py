@@ -189,7 +189,7 @@ def predict(
     ``indices``, in their order).
 
     The memory's p̃ over all N is computed for the "without online CD" ablation, the one label
-    update that reads it, and when ``memory`` is set (the diagnostics of a labelled run).
+    update that reads it, and when ``memory`` is set.
     ``backbone``: also the pooled backbone features (before the projection MLP).
     """
     was_training = model.training

@@ -296,8 +296,8 @@ class Trainer:
 
     def predict(self, memory: bool = False, backbone: bool = False) -> Predictions:
         """All N images through the final model; under DDP each rank predicts a share.
-        ``memory``: also the memory's p̃ (Eq. 3), for the diagnostics; ``backbone``: also the
-        pooled backbone features."""
+        ``memory``: also every task's memory p̃ (Eq. 3; the diagnostics compute theirs apart,
+        :meth:`memory_probs`); ``backbone``: also the pooled backbone features."""
         temperature = self.cfg.scl.temperature
         return predict_all(
             self.model, self.images, temperature, self.world, self.predict_batch, memory, backbone
