@@ -95,8 +95,8 @@ class SCLConfig:
     # sooner than the paper's 0.9 in the runs a CPU can make (docs/benchmarks.md); --preset
     # paper restores 0.9.
     momentum: float = 0.99
-    # K; each of the C banks holds K/(C-1) keys. None: the paper's K for the source, 8192 for
-    # Tiny-ImageNet and 4096 for every other set or folder (PAPER_MEMORY_SIZE; --preset paper).
+    # K; each of the C banks holds K/(C-1) keys. None (--preset paper): the paper's K for the
+    # source, 8192 for Tiny-ImageNet and 4096 for any other set or folder (resolve).
     memory_size: int | None = MEMORY_SIZE
     temperature: float = 0.1  # tau
     alpha: float = 1.0  # weight of L_ID (Eq. 7)
