@@ -104,9 +104,14 @@ def load_cache(args: argparse.Namespace, tmp: Path) -> tuple[ImageCache, str]:
 def make_trainer(args: argparse.Namespace, cache: ImageCache, device: torch.device) -> Trainer:
     cfg = RunConfig().replace(
         data={"image_size": args.image_size},
-        model={"backbone": args.backbone},
+        model={"backbone": args.backbone, "init": "none"},  # the training step from scratch
         scl={"k": args.k},
-        optim={"batch_size": args.batch_size, "device": device.type, "compile": args.compile},
+        optim={
+            "epochs": 1,
+            "batch_size": args.batch_size,
+            "device": device.type,
+            "compile": args.compile,
+        },
     )
     return Trainer(cfg, cache, device)
 

@@ -15,6 +15,9 @@ from typing import Any, Literal
 
 DEFAULT_K = 10  # clusters when neither the user nor a benchmark set says
 DEFAULT_EPOCHS = 200  # the paper's
+# The paper's K (Sec. 4): 4096, and 8192 for large sets such as Tiny-ImageNet, whose 200
+# clusters would otherwise get banks of 20 keys (data.benchmarks.Benchmark.memory_size).
+MEMORY_SIZE = 4096
 # The most epochs a time budget may plan when no epoch count is given: the budget, not the
 # paper's 200, then ends a run that trains fast (measured: docs/benchmarks.md).
 BUDGET_MAX_EPOCHS = 1000
@@ -125,7 +128,9 @@ class SCLConfig:
     # sooner than the paper's 0.9 in the runs a CPU can make (docs/benchmarks.md); --preset
     # paper restores 0.9.
     momentum: float = 0.99
-    memory_size: int = 4096  # K; each of the C banks holds K/(C-1) keys
+    # K; each of the C banks holds K/(C-1) keys. None (--preset paper): the paper's K for the
+    # source, 8192 for Tiny-ImageNet and 4096 for any other set or folder (resolve).
+    memory_size: int | None = MEMORY_SIZE
     temperature: float = 0.1  # tau
     alpha: float = 1.0  # weight of L_ID (Eq. 7)
     beta: float = 1.0  # weight of L_CD (Eq. 7)
@@ -141,6 +146,14 @@ class SCLConfig:
     # banks and the heads. 0: SCL from the first epoch, the paper's. None: 0 from scratch,
     # PRETRAINED_WARMUP on a frozen pretrained backbone's views.
     warmup: float | None = None
+    # Leave an image's own earlier key out of its negatives and of its p~ (ours,
+    # losses.mask_own_keys_): on a folder not much larger than K nearly every image has a stale
+    # key stored, its hardest "negative". False: every stored key counts, the paper's Eq. 1-3.
+    mask_own_keys: bool = True
+    # Rename each label update's cluster ids to match the old ones (ours, pseudo_labels.align_ids)
+    # so a bank and a head keep one group of images and Eq. 6 counts images that changed group.
+    # False: the ids of Eq. 5's argmax and merge-and-split as they come, the paper's.
+    align_ids: bool = True
 
 
 @dataclass(frozen=True)
@@ -216,7 +229,7 @@ class RunConfig:
             raise ValueError(f"unknown method {self.scl.method!r}: one of {', '.join(METHODS)}")
         if not 0.0 <= self.scl.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.scl.momentum}")
-        if self.scl.memory_size < 2:
+        if self.scl.memory_size is not None and self.scl.memory_size < 2:
             raise ValueError(f"memory size must be at least 2, got {self.scl.memory_size}")
         if self.scl.warmup is not None and not 0.0 <= self.scl.warmup < 1.0:
             raise ValueError(
@@ -258,14 +271,45 @@ class RunConfig:
 
 
 # Named sets of settings (``fit --preset``), applied before the user's own options.
-# "paper": Huang & Gong's settings (docs/method.md), for reproducing their Table 1;
-# the defaults are instead the settings that measured best within a user's time budget.
+# "paper": every method setting at Huang & Gong's value (docs/method.md, "--preset paper"), for
+# reproducing their Table 1; each is named even where it equals the default, so a later change
+# of a default cannot change the preset. The defaults are instead the settings that measured
+# best within a user's time budget. What the preset cannot make the paper's, and why, is listed
+# in docs/method.md and in ``fit --help``.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
-        "data": {"augment": "colour"},
-        "model": {"backbone": "resnet34"},
-        "scl": {"momentum": 0.9, "balance": 0},
-        "optim": {"batch_size": 256, "lr": 0.03, "epochs": 200},
+        "data": {"augment": "colour"},  # MoCo v2's views without its blur (docs/method.md)
+        "model": {
+            "backbone": "resnet34",
+            "init": "none",  # from scratch, as the paper trains
+            "freeze_encoder": False,
+            "feature_dim": 128,
+            "projector_bn": False,
+        },
+        "scl": {
+            "method": "scl",
+            "momentum": 0.9,
+            "memory_size": None,  # the set's K: 8192 for Tiny-ImageNet, else 4096
+            "temperature": 0.1,
+            "alpha": 1.0,
+            "beta": 1.0,
+            "min_cluster_size": 20,
+            "cross_cluster": True,
+            "online_cd": True,
+            "hard_mining": True,
+            "balance": 0,
+            "warmup": 0.0,
+            "mask_own_keys": False,
+            "align_ids": False,
+        },
+        "optim": {
+            "epochs": 200,
+            "batch_size": 256,
+            "lr": 0.03,
+            "head_lr_scale": 1.0,
+            "weight_decay": 5e-4,
+            "sgd_momentum": 0.9,
+        },
     },
 }
 
@@ -295,6 +339,8 @@ def resolve(config: RunConfig, device_type: str = "cpu") -> RunConfig:
     - ``data.source`` naming a benchmark set (:mod:`imgcluster.data.benchmarks`) becomes
       ``data.benchmark`` when ``data_root`` or ``download`` is given or no folder has that
       name; any other source must be a folder, and becomes its absolute path;
+    - ``scl.memory_size`` None: the paper's K for the set (:data:`MEMORY_SIZE`, Tiny-ImageNet's
+      8192);
     - ``scl.k`` None: the benchmark set's number of classes, else :data:`DEFAULT_K` (with
       ``k_auto`` it stays None until the run chooses it from the features);
     - ``optim.epochs`` None: :data:`DEFAULT_EPOCHS`, or with a time budget
@@ -330,15 +376,15 @@ def resolve(config: RunConfig, device_type: str = "cpu") -> RunConfig:
             if not Path(source).is_dir():
                 raise RunError(f"source folder not found: {source}")
             config = config.replace(data={"source": str(Path(source).resolve())})
+    if config.scl.memory_size is None:
+        k_memory = bench.memory_size if bench is not None else MEMORY_SIZE
+        config = config.replace(scl={"memory_size": k_memory})
     if config.scl.k is None and not config.scl.k_auto:
         config = config.replace(scl={"k": bench.classes if bench is not None else DEFAULT_K})
     if config.optim.epochs is None:
         budgeted = config.optim.time_budget_minutes is not None
         config = config.replace(optim={"epochs": BUDGET_MAX_EPOCHS if budgeted else DEFAULT_EPOCHS})
-    model = config.model
-    if model.init == INIT_AUTO and model.backbone not in ("auto", *PACKAGED_BACKBONES):
-        config = config.replace(model={"init": INIT_NONE})  # an explicit net without weights
-    if config.model.init == INIT_AUTO:
+    if config.model.init == INIT_AUTO and config.model.backbone in ("auto", *PACKAGED_BACKBONES):
         return config  # decided from the images, then resolve_start
     return resolve_start(config, device_type)
 
@@ -347,9 +393,11 @@ def resolve_start(config: RunConfig, device_type: str = "cpu") -> RunConfig:
     """The settings that follow from a decided start (``model.init`` not "auto"), filled in
     (idempotent):
 
-    - ``model.init``: None becomes "none", a file its absolute path;
-    - ``model.backbone`` "auto": with a pretrained start the packaged network
-      (:data:`PACKAGED_BACKBONE`, whose weights are installed with imgcluster); from scratch
+    - ``model.init``: None, and "auto" with a backbone that has no packaged weights, become
+      "none"; a file becomes its absolute path;
+    - ``model.backbone`` "auto": with ``--init imagenet`` the packaged network
+      (:data:`PACKAGED_BACKBONE`, whose weights are installed with imgcluster), with a file a
+      ResNet (ResNet-50 on a GPU, ResNet-18 on a CPU); from scratch
       the paper's ResNet-34 on a GPU and, on a CPU, the net that clusters best within a time
       budget (docs/benchmarks.md: the small net);
     - ``model.freeze_encoder`` None: frozen for an EfficientNet-Lite start (it trains on its
@@ -361,15 +409,19 @@ def resolve_start(config: RunConfig, device_type: str = "cpu") -> RunConfig:
     The image size is chosen with the images (:func:`image_sides`).
     """
     init = config.model.init
-    if init in (None, INIT_NONE):
+    if init == INIT_AUTO and config.model.backbone in ("auto", *PACKAGED_BACKBONES):
+        raise ValueError("model.init 'auto' is chosen from the images before resolve_start")
+    if init in (None, INIT_NONE, INIT_AUTO):  # auto: an explicit net without packaged weights
         init = INIT_NONE
     elif init != INIT_IMAGENET:
         init = str(Path(init).resolve())
     config = config.replace(model={"init": init})
     pretrained = config.model.pretrained
     if config.model.backbone == "auto":
-        if pretrained:
+        if config.model.init == INIT_IMAGENET:
             backbone = PACKAGED_BACKBONE
+        elif pretrained:  # a file: most likely a torchvision ResNet's state dict
+            backbone = "resnet50" if device_type == "cuda" else "resnet18"
         else:
             backbone = "resnet34" if device_type == "cuda" else "small"
         config = config.replace(model={"backbone": backbone})

@@ -33,6 +33,7 @@ def config(source: Path, **optim) -> RunConfig:
     )
 
 
+@pytest.mark.slow
 def test_same_seed_same_clusters(tiny: Path, tmp_path: Path):
     a = fit(config(tiny, seed=3), tmp_path / "a")
     b = fit(config(tiny, seed=3), tmp_path / "b")
@@ -42,6 +43,7 @@ def test_same_seed_same_clusters(tiny: Path, tmp_path: Path):
     assert read_assignments(tmp_path / "a" / "assignments.csv")[0] == a.paths
 
 
+@pytest.mark.slow
 def test_time_budget_sets_the_epoch_count(tiny: Path, tmp_path: Path):
     result = fit(config(tiny, epochs=500, time_budget_minutes=0.2), tmp_path / "r")
     history = [json.loads(x) for x in (tmp_path / "r" / HISTORY).read_text().splitlines()]
@@ -49,6 +51,7 @@ def test_time_budget_sets_the_epoch_count(tiny: Path, tmp_path: Path):
     assert history[-1]["epochs_total"] == result.epochs == len(history)
 
 
+@pytest.mark.slow
 def test_time_budget_keeps_time_for_export_and_report(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -63,6 +66,7 @@ def test_time_budget_keeps_time_for_export_and_report(
     assert fit(cfg, tmp_path / "s", report=False).epochs == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "switch", [{"cross_cluster": False}, {"online_cd": False}, {"hard_mining": False}]
 )
@@ -72,6 +76,7 @@ def test_ablation_switches_train(tiny: Path, tmp_path: Path, switch: dict):
     assert len(result.clusters) == 10 * PER_CLASS
 
 
+@pytest.mark.slow
 def test_moco_kmeans_baseline_uses_every_cluster(tiny: Path, tmp_path: Path):
     cfg = config(tiny).replace(scl={"method": "moco-kmeans"})
     result = fit(cfg, tmp_path / "r")
@@ -79,6 +84,7 @@ def test_moco_kmeans_baseline_uses_every_cluster(tiny: Path, tmp_path: Path):
     assert ((result.confidence > 0) & (result.confidence <= 1)).all()
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_starts_over(tiny: Path, tmp_path: Path):
     run = tmp_path / "r"
     fit(config(tiny, epochs=1), run)
@@ -89,6 +95,7 @@ def test_resume_without_checkpoint_starts_over(tiny: Path, tmp_path: Path):
     assert any(m.stage == "message" and "starting" in m.info["text"] for m in messages)
 
 
+@pytest.mark.slow
 def test_a_time_budget_given_to_resume_is_kept(tiny: Path, tmp_path: Path):
     """--time-budget on --resume bounds the resumed command (it used to be dropped): a budget
     smaller than the export leaves room for one more epoch only."""
@@ -113,6 +120,7 @@ def test_a_run_that_never_starts_leaves_no_folder(tiny: Path, tmp_path: Path):
     assert kept.is_dir()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_folder(tiny: Path, tmp_path: Path):
     source = tmp_path / "src"
     shutil.copytree(tiny, source)
@@ -122,6 +130,7 @@ def test_resume_refuses_a_changed_folder(tiny: Path, tmp_path: Path):
         resume(tmp_path / "r", {"optim": {"epochs": 2}})
 
 
+@pytest.mark.slow
 def test_malicious_checkpoint_is_refused_and_never_runs(tiny: Path, tmp_path: Path):
     run = tmp_path / "r"
     fit(config(tiny, epochs=1), run)
@@ -147,6 +156,7 @@ def write_class_labels(folder: Path) -> Path:
     return file
 
 
+@pytest.mark.slow
 def test_labels_score_every_epoch_and_never_change_the_run(tiny: Path, tmp_path: Path):
     """--labels adds the diagnostics to every history line and leaves training as it was."""
     labels = write_class_labels(tiny)
@@ -171,6 +181,7 @@ def test_labels_must_cover_every_image(tiny: Path, tmp_path: Path):
         fit(config(tiny).replace(data={"labels": str(labels)}), tmp_path / "r")
 
 
+@pytest.mark.slow
 def test_chosen_settings_are_recorded(tiny: Path, tmp_path: Path):
     """No batch size given: chosen from the 100 images (32); the colour images get the colour
     views; both written into config.json."""
@@ -180,6 +191,7 @@ def test_chosen_settings_are_recorded(tiny: Path, tmp_path: Path):
     assert (saved["data"]["augment"], saved["optim"]["batch_size"]) == ("colour", 32)
 
 
+@pytest.mark.slow
 def test_warmup_keeps_the_drawn_labels_then_starts_from_kmeans(tiny: Path, tmp_path: Path):
     """--warmup 0.5 of 4 epochs: epoch 1 leaves the labels as drawn; epoch 2 ends with k-means
     labels (every cluster used); epochs 3-4 update them as usual; a resume knows it started."""
@@ -192,3 +204,92 @@ def test_warmup_keeps_the_drawn_labels_then_starts_from_kmeans(tiny: Path, tmp_p
     assert min(result.history[1]["cluster_sizes"]) > 0
     state = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=False)
     assert state["clusters_started"] is True
+
+
+class FakeClock:
+    """``time.perf_counter`` for a whole run: 1 ms a call, plus the seconds a test adds."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1e-3
+        return self.now
+
+
+def test_labels_never_change_the_epochs_a_budget_plans(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """On a clock where every epoch trains for 10 s and scoring it against labels takes 30 s,
+    a 0.8-minute budget (43 s after the 5 s export) plans 4 epochs with labels as without: the
+    diagnostics are left out of the planner's time."""
+    import time
+
+    import imgcluster.train.trainer as trainer_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    train, scores = trainer_module.run_epoch, trainer_module.epoch_diagnostics
+
+    def slow_epoch(*args, **kwargs):
+        stats = train(*args, **kwargs)
+        clock.now += 10.0
+        return {**stats, "train_seconds": stats["train_seconds"] + 10.0}
+
+    def slow_scores(features, head, memory, classes, *args, **kwargs):
+        if classes is not None:  # k-means and kNN of every image
+            clock.now += 30.0
+        return scores(features, head, memory, classes, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "run_epoch", slow_epoch)
+    monkeypatch.setattr(trainer_module, "epoch_diagnostics", slow_scores)
+    cfg = config(tiny, epochs=50, time_budget_minutes=0.8)
+    plain = fit(cfg, tmp_path / "plain", report=False)
+    labels = write_class_labels(tiny)
+    scored = fit(cfg.replace(data={"labels": str(labels)}), tmp_path / "scored", report=False)
+    assert plain.epochs == scored.epochs == 4
+    assert [r["epochs_total"] for r in scored.history] == [r["epochs_total"] for r in plain.history]
+    assert all(r["diagnostic_seconds"] >= 30.0 for r in scored.history)
+    assert all(r["diagnostic_seconds"] < 1.0 for r in plain.history)
+    assert all(r["seconds"] < 11.0 for r in scored.history)  # training and label update only
+    assert scored.history[-1]["elapsed_seconds"] > 4 * 40.0  # the wall clock does count them
+
+
+def test_a_budget_that_ends_inside_the_warmup_still_starts_the_clusters(tiny: Path, tmp_path: Path):
+    """--warmup 0.5 of 4 epochs, but a budget spent by the first epoch: the run stops inside the
+    warm-up. The clusters then start from k-means on the warmed-up features, and say so: the
+    output is their nearest-mean head, saved for the export, not a head that never trained."""
+    import torch
+
+    cfg = config(tiny, epochs=4, time_budget_minutes=0.01).replace(scl={"warmup": 0.5})
+    messages = []
+    result = fit(cfg, tmp_path / "r", callback=messages.append, report=False)
+    assert result.epochs == 1 and "label_flips" not in result.history[0]  # still warming
+    said = [m.info["text"] for m in messages if m.stage == "message"]
+    assert any("inside its warm-up" in text for text in said), said
+    state = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=False)
+    assert state["clusters_started"] is True
+    labels = state["model"]["tasks.clustering.labels"].numpy()
+    assert len(set(labels.tolist())) == 4  # k-means: every cluster used
+    head = state["model"]["tasks.clustering.head.fc.weight"]
+    assert torch.allclose(head.norm(dim=1), torch.full((4,), 1 / 0.1))  # unit means over τ
+    assert np.mean(result.clusters == labels) > 0.5  # the output follows the started clusters
+
+
+def test_the_k_auto_start_must_fit_the_encoder_exactly():
+    """--k auto hands the whole trained encoder to SCL: a tensor it lacks or one the encoder
+    does not have stops the run by name, where a non-strict load would drop it silently. A
+    pretrained start holds the backbone alone: the projector may start at random."""
+    from imgcluster.method.model import Encoder
+    from imgcluster.train.trainer import load_encoder_start
+
+    trained = Encoder("small", 16).state_dict()
+    load_encoder_start(Encoder("small", 16), trained)
+    backbone = {k: v for k, v in trained.items() if k.startswith("backbone.")}
+    load_encoder_start(Encoder("small", 16), backbone)
+    extra = {**trained, "projector.9.weight": trained["projector.0.weight"]}
+    with pytest.raises(RunError, match="holds tensors the encoder lacks: projector.9.weight"):
+        load_encoder_start(Encoder("small", 16), extra)
+    lacking = {k: v for k, v in trained.items() if not k.startswith("projector.0")}
+    with pytest.raises(RunError, match="lacks tensors of the encoder: projector.0"):
+        load_encoder_start(Encoder("small", 16), lacking)

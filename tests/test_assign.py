@@ -105,6 +105,7 @@ def test_training_images_agree_with_fit(tiny_run: Path, sorted_once):
     assert {r["path"]: r["cluster"] for r in read_csv(out / "assignments.csv")} == fit_rows
 
 
+@pytest.mark.slow
 def test_second_run_changes_nothing(tiny_run: Path, tmp_path: Path):
     out = tmp_path / "out"
     invoke("--run", str(tiny_run), "--export-folders", str(out))
@@ -114,6 +115,7 @@ def test_second_run_changes_nothing(tiny_run: Path, tmp_path: Path):
     assert summary["export_folders"]["written"] == 0 and summary["export_folders"]["removed"] == 0
 
 
+@pytest.mark.slow
 def test_foreign_files_in_out_survive(tiny_run: Path, tmp_path: Path):
     out = tmp_path / "out"
     first = invoke("--run", str(tiny_run), "--export-folders", str(out))
@@ -131,6 +133,7 @@ def test_foreign_files_in_out_survive(tiny_run: Path, tmp_path: Path):
     assert first["images"] == second["images"] == len(read_csv(out / "assignments.csv"))
 
 
+@pytest.mark.slow
 def test_unsure_folder_and_moving_back(tiny_run: Path, tmp_path: Path):
     out = tmp_path / "out"
     threshold = float(np.median(rundir.read_assignments(tiny_run / "assignments.csv")[2]))
@@ -144,6 +147,7 @@ def test_unsure_folder_and_moving_back(tiny_run: Path, tmp_path: Path):
     assert len(list(out.glob("cluster_*/*"))) == summary["images"]
 
 
+@pytest.mark.slow
 def test_link_modes(tiny_run: Path, tmp_path: Path):
     out, source = tmp_path / "out", source_of(tiny_run)
     invoke("--run", str(tiny_run), "--export-folders", str(out), "--mode", "symlink")
@@ -155,6 +159,7 @@ def test_link_modes(tiny_run: Path, tmp_path: Path):
     assert len(list(out.glob("cluster_*/*"))) == len(rows)
 
 
+@pytest.mark.slow
 def test_manifest_cannot_reach_outside_out(tiny_run: Path, tmp_path: Path):
     out = tmp_path / "out"
     invoke("--run", str(tiny_run), "--export-folders", str(out))
@@ -187,6 +192,7 @@ def test_new_folder_with_model_file_and_csv(tiny_run: Path, tmp_path: Path):
     assert ranks.tolist() == [int(r["rank"]) for r in rows]
 
 
+@pytest.mark.slow
 def test_assign_never_imports_torch(tiny_run: Path, tmp_path: Path):
     """A machine with only onnxruntime can assign: torch is made unimportable here."""
     # An import hook, as if torch were not installed (a None in sys.modules would trip
@@ -222,6 +228,7 @@ def _workers_of(pid: int) -> int:
     return sum(pp in servers for pp in parent.values())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="counts processes via /proc")
 def test_a_big_folder_through_the_console_script_with_workers(
     tiny_run: Path, data_root: Path, tmp_path: Path

@@ -103,7 +103,7 @@ def test_script_runs(folder: Path, tmp_path_factory: pytest.TempPathFactory, scr
                      args: list[str]) -> None:  # fmt: skip
     tmp = tmp_path_factory.getbasetemp() / "bench-out"  # shared: choose_output reads the probe
     tmp.mkdir(exist_ok=True)
-    filled = [a.format(folder=folder, tmp=tmp) for a in args]
+    filled = [a.replace("{folder}", str(folder)).replace("{tmp}", str(tmp)) for a in args]
     out = run(tmp, script, *filled)
     if "--json" in args:
         assert isinstance(last_json(out), dict)

@@ -16,6 +16,10 @@ from conftest import copy_cifar_subset
 from imgcluster import rundir
 from imgcluster.scoring.metrics import score
 
+# Every test here runs the command in a subprocess, most on a trained run: CI's full suite,
+# not the fast loop (`python -m pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 PER_CLASS = 40
 EPOCHS = 15
 
@@ -42,7 +46,10 @@ def cifar_subset(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def trained(cifar_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "cifar"
     # Small batches give the short run enough steps for the features to start to spread.
+    # From scratch: the run directory's every part, the paper's path (the packaged start's own
+    # end-to-end run is in test_start.py).
     args = ["fit", str(cifar_subset), "--k", "10", "--out", str(out), "--epochs", str(EPOCHS)]
+    args += ["--init", "none"]
     result = run_cli(*args, "--batch-size", "32", "--momentum", "0.99", "--device", "cpu", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)  # --json: one object, nothing else on stdout

@@ -168,6 +168,7 @@ def test_a_training_step_on_the_gpu_makes_no_host_sync() -> None:
     torch.cuda.synchronize()
 
 
+@pytest.mark.slow
 def test_compiled_kernels_give_the_same_step() -> None:
     """torch.compile'd augmentation and losses (``--compile``) against the eager ones: one step
     from the same state and seed gives the same losses and the same updated weights, to float
@@ -194,6 +195,7 @@ def test_compiled_kernels_give_the_same_step() -> None:
     torch.testing.assert_close(fast_weights, eager_weights, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_failing_compiler_leaves_the_step_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     """--compile where the compiler cannot work: the step runs eagerly, with the same result."""
     real_compile = torch.compile

@@ -95,6 +95,7 @@ def _worker(rank: int, init_file: str, images: np.ndarray) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_gathered_memory_update_and_identical_replicas(tmp_path: Path):
     images = np.random.default_rng(0).integers(0, 256, (32, 3, 16, 16), dtype=np.uint8)
     mp.spawn(_worker, args=(str(tmp_path / "init"), images), nprocs=WORLD, join=True)
@@ -122,6 +123,7 @@ def torchrun_fit(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow
 def test_torchrun_fit_writes_a_complete_run_and_resumes(data_root: Path, tmp_path: Path):
     source = copy_cifar_subset(data_root, tmp_path / "src", 10)
     out = tmp_path / "run"

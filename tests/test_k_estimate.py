@@ -96,6 +96,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, env=env, timeout=600)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_k_auto_finds_the_groups(tmp_path: Path) -> None:
     source = make_groups(tmp_path / "groups")
     out = tmp_path / "run"
@@ -116,6 +117,7 @@ def test_cli_k_auto_finds_the_groups(tmp_path: Path) -> None:
     assert again["k_choice"] == saved["k_choice"] and again["scl"]["k"] == 4
 
 
+@pytest.mark.slow
 def test_cli_k_auto_errors(tmp_path: Path) -> None:
     source = make_groups(tmp_path / "groups", groups=2, per=5)
     proc = run_cli("fit", str(source), "--k", "auto", "--k-max", "6", "--out",

@@ -81,6 +81,7 @@ def messy(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
     return src, run, sorted_out, good, bad, before, fitted, assigned
 
 
+@pytest.mark.slow
 def test_messy_folder_fits_and_assigns(messy) -> None:
     src, run, sorted_out, good, bad, before, fitted, assigned = messy
     assert fitted.returncode == 0, fitted.stderr[-2000:]
@@ -105,6 +106,7 @@ def test_messy_folder_fits_and_assigns(messy) -> None:
     assert all(k.split("/")[0] in ("runs", "sorted") for k in set(after) - set(before))
 
 
+@pytest.mark.slow
 def test_outputs_inside_the_source_are_not_scanned(messy) -> None:
     src, _, _, good, *_ = messy
     paths = scan_folder(src).paths  # runs/r and sorted/ hold images: left out
@@ -112,6 +114,7 @@ def test_outputs_inside_the_source_are_not_scanned(messy) -> None:
     assert not [p for p in paths if p.startswith(("runs/", "sorted/"))]
 
 
+@pytest.mark.slow
 def test_links_out_of_the_source_only_with_follow_links(messy) -> None:
     from imgcluster.assigning.assignment import assign
 
@@ -122,6 +125,7 @@ def test_links_out_of_the_source_only_with_follow_links(messy) -> None:
     assert "bad/outside.jpg" in followed.paths
 
 
+@pytest.mark.slow
 def test_interrupted_export_rerun_leaves_one_copy_each(
     messy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -240,6 +244,7 @@ def _stamp(run: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_sigkill_anywhere_then_resume(data_root: Path, tmp_path: Path) -> None:
     src = copy_cifar_subset(data_root, tmp_path / "src", 5)
     run, env, epochs = tmp_path / "run", _env(tmp_path), 4
@@ -279,6 +284,7 @@ def test_sigkill_anywhere_then_resume(data_root: Path, tmp_path: Path) -> None:
     assert not [p for p in run.iterdir() if "tmp" in p.name]
 
 
+@pytest.mark.slow
 def test_killed_before_its_first_checkpoint_starts_over(data_root: Path, tmp_path: Path) -> None:
     src = copy_cifar_subset(data_root, tmp_path / "src", 2)
     run = tmp_path / "run"
@@ -300,6 +306,7 @@ def _heed_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(data_root: Path, tmp_path: Path) -> None:
     src = copy_cifar_subset(data_root, tmp_path / "src", 10)
     run = tmp_path / "run"

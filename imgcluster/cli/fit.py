@@ -37,6 +37,8 @@ OPTION_FIELDS: dict[str, tuple[str, str]] = {
     "hard_mining": ("scl", "hard_mining"),
     "balance": ("scl", "balance"),
     "warmup": ("scl", "warmup"),
+    "mask_own_keys": ("scl", "mask_own_keys"),
+    "align_ids": ("scl", "align_ids"),
     "backbone": ("model", "backbone"),
     "projector_bn": ("model", "projector_bn"),
     "init": ("model", "init"),
@@ -211,20 +213,38 @@ def fit(
     head_lr_scale: float | None = typer.Option(
         None,
         "--head-lr-scale",
-        help="Cluster heads learn at this × the learning rate \\[default: 100].",
+        help="Cluster heads learn at this × the learning rate \\[default: 100; the paper's is 1].",
         rich_help_panel="Method (the paper's options)",
     ),
-    no_projector_bn: bool = typer.Option(
-        False,
-        "--no-projector-bn",
-        help="No batch norm in the projection MLP (MoCo v2's as is).",
+    projector_bn: bool | None = typer.Option(
+        None,
+        "--projector-bn/--no-projector-bn",
+        help="Batch norm after the projection MLP's hidden layer \\[default: on; off is MoCo "
+        "v2's MLP, the paper's].",
+        rich_help_panel="Method (the paper's options)",
+        metavar="",
+    ),
+    mask_own_keys: bool | None = typer.Option(
+        None,
+        "--own-key-mask/--no-own-key-mask",
+        help="Leave an image's own earlier key out of its negatives and its memory assignment "
+        "\\[default: on; off counts every stored key, the paper's].",
+        rich_help_panel="Method (the paper's options)",
+        metavar="",
+    ),
+    align_ids: bool | None = typer.Option(
+        None,
+        "--align-ids/--no-align-ids",
+        help="Rename each label update's cluster ids to match the old ones \\[default: on; off "
+        "keeps the classifier's ids, the paper's].",
         rich_help_panel="Method (the paper's options)",
         metavar="",
     ),
     memory_size: int | None = typer.Option(
         None,
         "--memory-size",
-        help="K: keys in the semantic memory \\[default: 4096, ≤ images].",
+        help="K: keys in the semantic memory \\[default: 4096, ≤ images; --preset paper: "
+        "8192 for tiny-imagenet].",
         rich_help_panel="Method (the paper's options)",
     ),
     temperature: float | None = typer.Option(
@@ -299,9 +319,13 @@ def fit(
     preset: str | None = typer.Option(
         None,
         "--preset",
-        help="paper: the paper's settings (ResNet-34, momentum 0.9, batch 256, lr 0.03, 200 "
-        "epochs, colour views, no balancing), to reproduce its Table 1; your other options "
-        "still apply.",
+        help="paper: every method setting at the paper's value, to reproduce its Table 1 "
+        "(ResNet-34, momentum 0.9, batch 256, lr 0.03 for encoder and heads alike, 200 epochs, "
+        "K 4096 or 8192 for tiny-imagenet, colour views, no projector batch norm, no balancing, "
+        "no own-key mask, no id renaming); your other options still apply. Ours still: flip "
+        "counts start at 1 (Eq. 6 is 0/0 at 0), no Gaussian blur (MoCo v2's is sized for 224 "
+        "px), no shuffle-BN on one device, bf16 on a GPU, banks start random, the cosine "
+        "schedule steps every batch. Table and reasons: docs/method.md.",
         rich_help_panel="Basics",
     ),
     augment: str | None = typer.Option(
@@ -367,7 +391,7 @@ def fit(
         "hard_mining": False if no_hard_mining else None,
         "follow_links": True if follow_links else None,
         "head_lr_scale": head_lr_scale,
-        "projector_bn": False if no_projector_bn else None,
+        "projector_bn": projector_bn, "mask_own_keys": mask_own_keys, "align_ids": align_ids,
         "compile": compile_step,
         "labels": str(labels.resolve()) if labels is not None else None,
         "augment": augment, "balance": balance, "warmup": warmup,

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgcluster.config import MEMORY_SIZE
 from imgcluster.data import benchmark_files as files
 from imgcluster.data.benchmark_files import Located
 from imgcluster.data.cache import ImageCache, build_cache, cache_arrays, cache_key
@@ -47,6 +48,7 @@ class Benchmark:
     image_size: int  # the paper's input size (Tiny-ImageNet: its native 64 px, ours)
     expected: str  # the official layout, for "not found" messages
     download: bool  # torchvision can fetch it
+    memory_size: int = MEMORY_SIZE  # the paper's K for the set (fit --preset paper)
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -57,7 +59,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("stl10", 10, 96, "stl10_binary/ (train_X.bin, train_y.bin, test_*)", True),
         Benchmark("imagenet10", 10, 96, "an ImageNet train folder with <wnid>/ folders", False),
         Benchmark("imagenet-dogs", 15, 96, "an ImageNet train folder with <wnid>/ folders", False),
-        Benchmark("tiny-imagenet", 200, 64, "tiny-imagenet-200/train/<wnid>/images/", False),
+        Benchmark("tiny-imagenet", 200, 64, "tiny-imagenet-200/train/<wnid>/images/", False, 8192),
     )
 }
 

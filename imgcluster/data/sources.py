@@ -63,7 +63,7 @@ def load(
     if not scan.paths:
         raise RunError(f"no images found in {root}")
     found = survey(root, scan.paths)
-    start, why = choose_start(cfg.model.init, found)
+    start, why = choose_start(cfg.model.init, found, cfg.model.freeze_encoder)
     sides = image_sides(cfg.replace(model={"init": start}), device_type)
     size = cfg.data.image_size or sides[0 if found.small else 1]
     folder = cache_folder(cfg)
@@ -78,7 +78,7 @@ def load(
     return Images(cache, root, None, facts, why if cfg.model.init == INIT_AUTO else None)
 
 
-def choose_start(init: str | None, found: Survey) -> tuple[str, str]:
+def choose_start(init: str | None, found: Survey, freeze: bool | None = None) -> tuple[str, str]:
     """``fit --init auto``: the start that measured best for images like ``found``
     (docs/benchmarks.md, "Pretrained start"), and why in words; any other ``init`` is kept.
 
@@ -89,6 +89,8 @@ def choose_start(init: str | None, found: Survey) -> tuple[str, str]:
     """
     if init != INIT_AUTO:
         return init or INIT_NONE, "given"
+    if freeze:
+        return INIT_IMAGENET, "--freeze-encoder keeps a pretrained network: the packaged one"
     if found.grey:
         return INIT_NONE, "the images are grey (scans, handwriting): trained from scratch"
     return INIT_IMAGENET, "the images are in colour: the packaged ImageNet network"

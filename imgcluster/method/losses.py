@@ -48,14 +48,20 @@ def mask_own_keys_(mem_logits: Tensor, key_ids: Tensor, idx: Tensor) -> Tensor:
 
 
 def bank_logsumexp(
-    q: Tensor, memory: Tensor, key_ids: Tensor, idx: Tensor, num_banks: int, temperature: float
+    q: Tensor,
+    memory: Tensor,
+    key_ids: Tensor | None,
+    idx: Tensor,
+    num_banks: int,
+    temperature: float,
 ) -> Tensor:
     """log Σ_{k̃∈M_j, k̃ not i's own} e^{cos(q_i,k̃)/τ} for every image i and bank j → n×C.
 
     The one reduction over the memory that Eq. 1 and Eq. 3 share: a log-sum-exp over a union
     of banks is the log-sum-exp of their per-bank log-sum-exps. q: n×d (the only input with a
     gradient), memory: (C·B)×d, key_ids: C×B, idx: n (see :func:`mask_own_keys_`). A bank
-    whose every key is masked gives −inf, and no gradient.
+    whose every key is masked gives −inf, and no gradient. ``key_ids`` None: no key is
+    masked, every stored key counts (the paper's sums, ``SCLConfig.mask_own_keys`` off).
     """
     return _BankLogSumExp.apply(q, memory, key_ids, idx, num_banks, temperature)
 
@@ -76,7 +82,9 @@ class _BankLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, memory, key_ids, idx, num_banks, temperature):  # type: ignore[override]
-        logits = mask_own_keys_(memory_logits(q, memory, num_banks, temperature), key_ids, idx)
+        logits = memory_logits(q, memory, num_banks, temperature)
+        if key_ids is not None:
+            mask_own_keys_(logits, key_ids, idx)
         if temperature >= UNSHIFTED_MIN_TEMPERATURE:
             peak = None  # |ℓ| ≤ 1/τ: e^ℓ neither overflows nor underflows in float32
         else:

@@ -47,10 +47,17 @@ class ClusteringTask(nn.Module):
     """One clustering granularity: semantic memory, head, pseudo labels y and flip counts s."""
 
     def __init__(
-        self, num_clusters: int, num_images: int, dim: int, memory_size: int, gen: torch.Generator
+        self,
+        num_clusters: int,
+        num_images: int,
+        dim: int,
+        memory_size: int,
+        gen: torch.Generator,
+        mask_own_keys: bool = True,
     ) -> None:
         super().__init__()
         self.num_clusters = num_clusters
+        self.mask_own_keys = mask_own_keys  # SCLConfig.mask_own_keys: see bank_lse
         bank = SemanticMemory.bank_size_for(memory_size, num_clusters, num_images)
         self.memory = SemanticMemory(num_clusters, bank, dim)
         self.head = ClusterHead(dim, num_clusters)
@@ -99,9 +106,11 @@ class ClusteringTask(nn.Module):
         return memory_soft_assignment(self.bank_lse(q, idx, temperature))
 
     def bank_lse(self, q: Tensor, idx: Tensor, temperature: float) -> Tensor:
-        """Eq. 1 and 3's shared reduction over this task's banks, own keys left out → n×C."""
+        """Eq. 1 and 3's shared reduction over this task's banks → n×C; the images' own earlier
+        keys are left out unless ``mask_own_keys`` is off (the paper's sums)."""
         memory = self.memory
-        return bank_logsumexp(q, memory.flat(), memory.ids, idx, self.num_clusters, temperature)
+        ids = memory.ids if self.mask_own_keys else None
+        return bank_logsumexp(q, memory.flat(), ids, idx, self.num_clusters, temperature)
 
 
 class SCL(nn.Module):
@@ -123,6 +132,9 @@ class SCL(nn.Module):
         frozen: bool = False,
     ) -> None:
         super().__init__()
+        if cfg.memory_size is None:
+            raise ValueError("SCL needs a memory size (imgcluster.config.resolve sets the paper's)")
+        memory_size = cfg.memory_size
         gen = torch.Generator().manual_seed(seed)
         self.cfg = cfg
         self.encoder = Encoder(backbone, feature_dim, projector_bn, stem, frozen)
@@ -130,8 +142,10 @@ class SCL(nn.Module):
         self.tasks = nn.ModuleDict()
         if cfg.method == "scl":
             for name, c in ((CLUSTERING, cfg.k), (UNDER, under_clustering_k(cfg.k))):
-                self.tasks[name] = ClusteringTask(c, num_images, feature_dim, cfg.memory_size, gen)
-        self.queue = InstanceQueue(min(cfg.memory_size, num_images), feature_dim)
+                self.tasks[name] = ClusteringTask(
+                    c, num_images, feature_dim, memory_size, gen, cfg.mask_own_keys
+                )
+        self.queue = InstanceQueue(min(memory_size, num_images), feature_dim)
 
     def loss_terms(
         self, q: Tensor, k: Tensor, idx: Tensor, batch_idx: Tensor | None = None
@@ -146,7 +160,8 @@ class SCL(nn.Module):
             task_id, task_cd = task.losses(q, k, idx, self.cfg, batch_idx)
             l_id, l_cd = l_id + task_id, l_cd + task_cd
         tau = self.cfg.temperature
-        queue_lse = bank_logsumexp(q, self.queue.flat(), self.queue.ids, idx, 1, tau)  # n×1
+        queue_ids = self.queue.ids if self.cfg.mask_own_keys else None
+        queue_lse = bank_logsumexp(q, self.queue.flat(), queue_ids, idx, 1, tau)  # n×1
         l_inst = instance_loss(q, k, queue_lse, tau)
         total = self.cfg.alpha * l_id + self.cfg.beta * l_cd + l_inst
         return LossTerms(total=total, id=l_id, cd=l_cd, instance=l_inst)

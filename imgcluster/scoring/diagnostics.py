@@ -30,20 +30,27 @@ from imgcluster.scoring.metrics import cluster_accuracy, score
 KNN_NEIGHBOURS = 20
 
 
-def knn_agreement(features: np.ndarray, classes: np.ndarray, k: int = KNN_NEIGHBOURS) -> float:
+def knn_agreement(
+    features: np.ndarray,
+    classes: np.ndarray,
+    k: int = KNN_NEIGHBOURS,
+    device: torch.device | str = "cpu",
+) -> float:
     """Mean share of each row's k nearest other rows (cosine) that have its class.
 
-    features: N×d, l2-normalised; classes: N labels of any type → a float in [0, 1].
+    features: N×d, l2-normalised; classes: N labels of any type → a float in [0, 1]. Computed
+    on ``device``: its N×N similarities grow with the square of the set, so a GPU run scores
+    them on its GPU rather than on the host's cores.
     """
     _, codes = np.unique(classes, return_inverse=True)
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    y = torch.from_numpy(codes.astype(np.int64))
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+    y = torch.from_numpy(codes.astype(np.int64)).to(device)
     k = min(k, len(x) - 1)
     hits = 0.0
     for start in range(0, len(x), 1024):  # N×N similarities, 1,024 rows at a time
         sim = x[start : start + 1024] @ x.T
-        rows = torch.arange(start, min(start + 1024, len(x)))
-        sim[torch.arange(len(rows)), rows] = -float("inf")  # not its own neighbour
+        rows = torch.arange(start, min(start + 1024, len(x)), device=x.device)
+        sim[torch.arange(len(rows), device=x.device), rows] = -float("inf")  # not its own
         nearest = sim.topk(k, dim=1).indices
         hits += float((y[nearest] == y[rows, None]).float().sum())
     return hits / (len(x) * k)
@@ -63,10 +70,11 @@ def epoch_diagnostics(
     k: int,
     seed: int = 0,
     backbone: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """The diagnostics of one epoch (see the module docstring); label-free ones when ``classes``
     is None. features: N×d unit rows; head_probs, memory_probs: N×k or None; backbone: N×D
-    pooled backbone features or None."""
+    pooled backbone features or None; ``device``: where the kNN agreement runs."""
     record: dict[str, Any] = {"feature_spread": feature_spread(features)}
     if head_probs is not None:
         sizes = np.bincount(head_probs.argmax(axis=1), minlength=head_probs.shape[1])
@@ -81,10 +89,10 @@ def epoch_diagnostics(
         record["memory_acc"] = cluster_accuracy(memory_probs.argmax(axis=1), classes)
     clusters, _ = kmeans(features, k, seed=seed)
     record["kmeans_acc"] = cluster_accuracy(clusters, classes)
-    record["knn_agreement"] = knn_agreement(features, classes)
+    record["knn_agreement"] = knn_agreement(features, classes, device=device)
     if backbone is not None:
         unit = backbone / np.maximum(np.linalg.norm(backbone, axis=1, keepdims=True), 1e-12)
         clusters, _ = kmeans(unit, k, seed=seed)
         record["backbone_kmeans_acc"] = cluster_accuracy(clusters, classes)
-        record["backbone_knn_agreement"] = knn_agreement(unit, classes)
+        record["backbone_knn_agreement"] = knn_agreement(unit, classes, device=device)
     return record

@@ -193,7 +193,7 @@ def predict(
     ``indices``, in their order).
 
     The memory's p̃ over all N is computed for the "without online CD" ablation, the one label
-    update that reads it, and when ``memory`` is set (the diagnostics of a labelled run).
+    update that reads it, and when ``memory`` is set.
     ``backbone``: also the pooled backbone features (before the projection MLP).
     """
     was_training = model.training
@@ -270,7 +270,7 @@ def update_task_labels(model: SCL, preds: Predictions, min_size: int, seed: int)
         size = min_cluster_size(min_size, len(preds.features), task.num_clusters)
         old = task.labels.cpu().numpy().copy()  # .numpy() of a CPU buffer shares its memory
         labels = update_labels(source, preds.features, size, seed, model.cfg.balance)
-        new = align_ids(labels, old, task.num_clusters)
+        new = align_ids(labels, old, task.num_clusters) if model.cfg.align_ids else labels
         flips = update_flip_counts(task.flips.cpu().numpy().copy(), old, new)
         task.labels.copy_(torch.from_numpy(new))
         task.flips.copy_(torch.from_numpy(flips))

@@ -22,10 +22,10 @@ import torch
 
 from imgcluster import __version__
 from imgcluster import rundir as rd
-from imgcluster.config import RunConfig, auto_batch_size
+from imgcluster.config import RunConfig, auto_batch_size, resolve_start
 from imgcluster.data.cache import ImageCache
 from imgcluster.errors import RunError
-from imgcluster.events import Callback, Progress
+from imgcluster.events import Callback, Progress, message
 from imgcluster.method.augment import AUGMENTATIONS, choose_augmentation
 from imgcluster.method.kmeans import centroid_probabilities, kmeans
 from imgcluster.method.scl import CLUSTERING, SCL
@@ -91,6 +91,27 @@ def start_labels(features: np.ndarray, num_clusters: int, seed: int) -> np.ndarr
 START_RESTARTS = 20
 
 
+def load_encoder_start(encoder: torch.nn.Module, start: dict[str, torch.Tensor]) -> None:
+    """Load ``start`` into ``encoder``, refusing what a non-strict load would pass over.
+
+    A start is the backbone alone (``backbone.*``: a pretrained start, whose projector trains
+    from scratch; backbone tensors its file lacks are named when it is read,
+    :mod:`imgcluster.method.pretrained`) or the whole encoder (the features ``--k auto``
+    trained). Every tensor it holds must be one of the encoder's, and a whole encoder must hold
+    every one: RunError naming the first few otherwise.
+    """
+    loaded = encoder.load_state_dict(start, strict=False)
+    whole = any(not name.startswith("backbone.") for name in start)
+    missing = loaded.missing_keys if whole else []
+    for names, what in (
+        (loaded.unexpected_keys, "holds tensors the encoder lacks"),
+        (missing, "lacks tensors of the encoder"),
+    ):
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise RunError(f"the encoder's start {what}: {shown}")
+
+
 class Trainer:
     """The run's mutable state (model, optimiser, generators, epoch counters) and its epochs.
 
@@ -110,9 +131,9 @@ class Trainer:
         truth: np.ndarray | None = None,
         start: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        unresolved = cfg.model.backbone == "auto" or cfg.model.init == "auto"
-        if cfg.scl.k is None or unresolved or cfg.optim.epochs is None or cfg.scl.warmup is None:
+        if cfg.scl.k is None or cfg.optim.epochs is None:
             raise ValueError("Trainer needs a resolved config (imgcluster.config.resolve)")
+        cfg = resolve_start(cfg, device.type)  # idempotent; ValueError for an undecided start
         cfg = fitted_to_images(cfg, cache.images)  # fit has done it; a library caller may not
         self.cfg, self.device, self.world, self.truth = cfg, device, world, truth
         use_fast_kernels(device)
@@ -130,7 +151,7 @@ class Trainer:
             frozen=cfg.model.freeze_encoder,
         )
         if start is not None:  # trained weights to begin from; θ̃ starts as their copy
-            self.model.encoder.load_state_dict(start, strict=False)
+            load_encoder_start(self.model.encoder, start)
             self.model.momentum_encoder.load_state_dict(self.model.encoder.state_dict())
         self.model.to(device, memory_format=MEMORY_FORMAT)
         self.optimizer = make_optimizer(self.model, cfg)
@@ -223,7 +244,12 @@ class Trainer:
         self.clusters_started = bool(state.get("clusters_started", True))
 
     def epoch_once(self, callback: Callback) -> dict[str, Any]:
-        """Train one epoch, then update the labels; return the history record."""
+        """Train one epoch, then update the labels; return the history record.
+
+        The epoch's diagnostics follow, timed apart (``diagnostic_seconds``): the record's
+        ``seconds`` are the work the same run without labels does, which is what a time budget
+        plans with (:func:`train_epochs`), so scoring never changes the epochs a run trains.
+        """
         cfg, n = self.cfg, len(self.images)
         self.prepare_views(callback)  # a library caller may not have
         total = total_steps_for(self.epochs_total, n, self.batch)
@@ -244,54 +270,83 @@ class Trainer:
         if self.world.distributed:
             sync_buffers(self.model)
         started = time.perf_counter()
-        last = self.epoch + 1 == self.epochs_total
-        task_stats: dict[str, Any] = {}
+        predicted, task_stats = self.label_stage(callback)
+        label_seconds = time.perf_counter() - started
+        started = time.perf_counter()
         diagnosed: dict[str, Any] = {}
+        if predicted or self.truth is not None:
+            # An epoch that needs no prediction is predicted for its scores alone (every rank
+            # takes part under DDP); that prediction is not the run's.
+            preds = self.last_predictions if predicted else self.predict(backbone=True)
+            if self.world.is_main:
+                assert preds is not None
+                diagnosed = self.diagnose(preds)
+        diagnostic_seconds = time.perf_counter() - started
+        self.epoch += 1
+        record = history_record(self.epoch, stats, task_stats, label_seconds)
+        record = {**record, **diagnosed, "diagnostic_seconds": diagnostic_seconds}
+        record, self.views_record = {**record, **self.views_record}, {}
+        return record
+
+    def label_stage(self, callback: Callback) -> tuple[bool, dict[str, Any]]:
+        """The end of an epoch's training: predict all N and update the labels (Eq. 5), start the
+        clusters at the end of the warm-up, or nothing while warming up. Returns whether it
+        predicted (:attr:`last_predictions`) and the per-task label statistics."""
         warming = bool(self.model.tasks) and not self.clusters_started
         start_now = warming and self.epoch + 1 >= self.warmup_epochs()
-        if (self.model.tasks and not warming) or start_now or last or self.truth is not None:
-            callback(Progress("labels", 0, 1))
-            known = self.truth is not None  # diagnostics: p̃ and the backbone's features too
-            # Without clustering tasks (the baseline, --k auto's first phase) only the last
-            # epoch predicts, and k is chosen on the backbone's features.
-            pooled = start_now or known or not self.model.tasks
-            self.last_predictions = self.predict(memory=known, backbone=pooled)
-            seed = cfg.optim.seed + self.epoch
-            if start_now:
-                task_stats = self.start_clusters(seed)
-            elif not warming:
-                task_stats = self.update_labels(seed)
-            if self.world.is_main:
-                diagnosed = self.diagnose(self.last_predictions)
-        self.epoch += 1
-        record = history_record(self.epoch, stats, task_stats, time.perf_counter() - started)
-        record = {**record, **diagnosed, **self.views_record}
-        self.views_record = {}
-        return record
+        last = self.epoch + 1 == self.epochs_total
+        if not ((self.model.tasks and not warming) or start_now or last):
+            return False, {}
+        callback(Progress("labels", 0, 1))
+        # Without clustering tasks (the baseline, --k auto's first phase) only the last epoch
+        # predicts, and k is chosen on the backbone's features. A labelled run keeps them for its
+        # diagnostics too: a copy of what the forward pass computes anyway.
+        pooled = start_now or self.truth is not None or not self.model.tasks
+        self.last_predictions = self.predict(backbone=pooled)
+        seed = self.cfg.optim.seed + self.epoch
+        if start_now:
+            return True, self.start_clusters(seed)
+        return True, ({} if warming else self.update_labels(seed))
 
     def diagnose(self, preds: Predictions) -> dict[str, Any]:
         """The epoch's diagnostics (imgcluster.scoring.diagnostics): label-free ones always,
-        scores of
-        each output against the classes when they are known, and of the updated pseudo labels."""
-        pseudo = None
+        scores of each output against the classes when they are known (the memory's p̃, Eq. 3,
+        computed here from the features), and of the updated pseudo labels."""
+        pseudo, memory = None, None
         if self.truth is not None and CLUSTERING in self.model.tasks:
             labels = self.model.task(CLUSTERING).labels.cpu().numpy()  # on the device
             pseudo = cluster_accuracy(labels, self.truth)
+            memory = preds.memory_probs.get(CLUSTERING)
+            if memory is None:
+                memory = self.memory_probs(preds.features)
         record = epoch_diagnostics(
             preds.features,
             preds.probs.get(CLUSTERING),
-            preds.memory_probs.get(CLUSTERING),
+            memory,
             self.truth,
             self.cfg.scl.k,
             self.cfg.optim.seed,
             preds.backbone,
+            self.device,
         )
         return record if pseudo is None else {**record, "pseudo_label_acc": pseudo}
 
+    @torch.no_grad()
+    def memory_probs(self, features: np.ndarray) -> np.ndarray:
+        """Eq. 3's p̃ of the 'clustering' task for all N images from their features (N×d, the
+        q of :meth:`predict`) → N×k: the same values :func:`predict` gives with ``memory``."""
+        task, batch = self.model.task(CLUSTERING), self.predict_batch
+        parts = []
+        for begin in range(0, len(features), batch):
+            q = torch.from_numpy(features[begin : begin + batch]).to(self.device)
+            idx = torch.arange(begin, begin + len(q), device=self.device)
+            parts.append(task.soft_assignment(q, idx, self.cfg.scl.temperature).cpu())
+        return torch.cat(parts).numpy()
+
     def predict(self, memory: bool = False, backbone: bool = False) -> Predictions:
         """All N images through the final model; under DDP each rank predicts a share.
-        ``memory``: also the memory's p̃ (Eq. 3), for the diagnostics; ``backbone``: also the
-        pooled backbone features."""
+        ``memory``: also every task's memory p̃ (Eq. 3; the diagnostics compute theirs apart,
+        :meth:`memory_probs`); ``backbone``: also the pooled backbone features."""
         temperature = self.cfg.scl.temperature
         return predict_all(
             self.model, self.source, temperature, self.world, self.predict_batch, memory, backbone
@@ -412,13 +467,20 @@ def train_epochs(
     """
     start = time.perf_counter() if start is None else start
     seconds: list[float] = []
+    scoring = 0.0  # seconds of the diagnostics so far
     while trainer.epoch < trainer.epochs_total:
         record = trainer.epoch_once(callback)
         seconds.append(record["seconds"])
+        scoring += record["diagnostic_seconds"]
         if budget_s is not None:
+            # The diagnostics are left out of both times the planner reads, the epoch's and the
+            # time spent: a run scored against labels then plans the epochs the same run plans
+            # without them (scoring must not change training), and ends later by its scoring's
+            # time, which history.jsonl records. Counted in the time spent instead, they would
+            # still take epochs from a labelled run, more the larger the set (kNN is O(N²)).
             epochs_total = epochs_for_budget(
                 budget_s,
-                time.perf_counter() - start,
+                time.perf_counter() - start - scoring,
                 float(np.median(seconds)),
                 trainer.epoch,
                 trainer.cfg.optim.epochs,
@@ -431,10 +493,31 @@ def train_epochs(
             elapsed_seconds=time.perf_counter() - start,
         )
         history.append(record)
-        state = trainer.state() if save else {}  # every rank: DDP gathers the generators
-        if trainer.world.is_main and save:
-            rd.write_history(out / rd.HISTORY, history)
-            save_checkpoint(out / rd.CHECKPOINT, state)
+        save_epoch(trainer, out, history, save)
         callback(Progress("epoch", trainer.epoch, trainer.epochs_total, record))
-    if trainer.last_predictions is None:  # a resumed finished run, or the baseline's budget cut
+    if trainer.model.tasks and not trainer.clusters_started:
+        finish_warmup(trainer, callback)
+        save_epoch(trainer, out, history, save)  # export reads the started head from it
+    elif trainer.last_predictions is None:  # a resumed finished run, or the baseline's budget cut
         trainer.last_predictions = trainer.predict()
+
+
+def save_epoch(trainer: Trainer, out: Path, history: list[dict[str, Any]], save: bool) -> None:
+    """history.jsonl and the checkpoint, atomically, on rank 0; ``save`` False: nothing."""
+    state = trainer.state() if save else {}  # every rank: DDP gathers the generators
+    if trainer.world.is_main and save:
+        rd.write_history(out / rd.HISTORY, history)
+        save_checkpoint(out / rd.CHECKPOINT, state)
+
+
+def finish_warmup(trainer: Trainer, callback: Callback) -> None:
+    """A budget that ended the run inside its warm-up (the re-planned epochs fell below the
+    warm-up's): the clusters start now, from k-means on the warmed-up features, as they would
+    have at the warm-up's end, so the output is their nearest-mean head
+    (:meth:`ClusteringTask.start_from`) rather than a head that never trained; a resume then
+    continues as SCL."""
+    message(callback, f"the time budget ended the run inside its warm-up ({trainer.epoch} "
+            "epochs): the clusters are k-means on the warmed-up features, not SCL's")  # fmt: skip
+    trainer.last_predictions = trainer.predict(backbone=True)
+    trainer.start_clusters(trainer.cfg.optim.seed + trainer.epoch)
+    trainer.last_predictions = trainer.predict()
