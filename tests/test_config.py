@@ -12,9 +12,9 @@ from conftest import copy_cifar_subset
 from typer.testing import CliRunner
 
 from imgcluster.config import (
-    PRETRAINED_WARMUP,
     BUDGET_MAX_EPOCHS,
     DEFAULT_EPOCHS,
+    PRETRAINED_WARMUP,
     DataConfig,
     ModelConfig,
     OptimConfig,
