@@ -58,20 +58,20 @@ def test_init_none_is_the_scratch_run_before_pretrained_starts(
     assert RunConfig.from_dict(rundir.read_json(out / "config.json")).model.init == "none"
 
 
-def grey_copy(source: Path, dst: Path) -> Path:
-    """The same images saved as one-channel PNGs, as scans and handwriting are."""
+def tiny_copy(source: Path, dst: Path) -> Path:
+    """The same images as 12-px one-channel PNGs, like scanned digits."""
     for path in sorted(source.rglob("*.jpg")):
         target = dst / path.relative_to(source).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.open(path).convert("L").save(target)
+        Image.open(path).convert("L").resize((12, 12)).save(target)
     return dst
 
 
 def test_auto_start_is_chosen_by_the_images_and_said(data_root: Path, tmp_path: Path) -> None:
     colour = copy_cifar_subset(data_root, tmp_path / "colour", 4)
-    grey = grey_copy(colour, tmp_path / "grey")
+    tiny = tiny_copy(colour, tmp_path / "tiny")
     said = {}
-    for name, source in (("colour", colour), ("grey", grey)):
+    for name, source in (("colour", colour), ("tiny", tiny)):
         out = tmp_path / f"run-{name}"
         proc = run_cli("fit", str(source), "--k", "2", "--epochs", "1", "--views", "1", "--workers",
                        "1", "--device", "cpu", "--json", "--out", str(out))  # fmt: skip
@@ -88,9 +88,9 @@ def test_auto_start_is_chosen_by_the_images_and_said(data_root: Path, tmp_path: 
     colour_model, colour_size = said["colour"]
     assert colour_model["init"] == "imagenet" and colour_model["backbone"] == "efficientnet_lite0"
     assert colour_model["freeze_encoder"] is True and colour_size == 96  # small images: 96 px
-    grey_model, grey_size = said["grey"]
-    assert grey_model["init"] == "none" and grey_model["backbone"] == "small"
-    assert grey_size == 32
+    tiny_model, tiny_size = said["tiny"]
+    assert tiny_model["init"] == "none" and tiny_model["backbone"] == "small"
+    assert tiny_size == 32
 
 
 def test_explicit_backbone_without_weights_keeps_scratch(tmp_path: Path) -> None:

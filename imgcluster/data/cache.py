@@ -24,7 +24,7 @@ import PIL
 from imgcluster.atomic import fsync_dir, process_alive, replace_atomically
 from imgcluster.data import workers as workers_mod
 from imgcluster.data.cache_folder import cache_dir_default
-from imgcluster.data.decode import DecodeError, decode_image, image_header, resize_array
+from imgcluster.data.decode import DecodeError, decode_image, image_shape, resize_array
 from imgcluster.events import Callback, Progress
 
 FORMAT_VERSION = 2  # bump when the decode pipeline or file layout changes (2: bilinear resize)
@@ -123,11 +123,9 @@ def _stamp(path: str) -> tuple[int, int]:
 @dataclass(frozen=True)
 class Survey:
     """What the headers of an evenly spaced sample of a folder's images say (nothing decoded):
-    the median shorter side (None: no sample readable) and whether every readable sample
-    stores one grey channel."""
+    the median shorter side (None: no sample readable)."""
 
     shorter_side: float | None
-    grey: bool
 
     @property
     def small(self) -> bool:
@@ -142,18 +140,17 @@ def survey(root: Path, paths: Sequence[str], sample: int = 64) -> Survey:
     """:class:`Survey` of ``paths`` (relative to ``root``) from up to ``sample`` headers;
     unreadable samples are ignored."""
     if not paths or sample < 1:
-        return Survey(None, False)
+        return Survey(None)
     picks = np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).round().astype(int))
     headers = []
     for i in picks:
         try:
-            headers.append(image_header(os.path.join(root, paths[i])))
+            headers.append(image_shape(os.path.join(root, paths[i])))
         except DecodeError:
             continue
     if not headers:
-        return Survey(None, False)
-    shorter = float(np.median([min(w, h) for w, h, _ in headers]))
-    return Survey(shorter, all(grey for _, _, grey in headers))
+        return Survey(None)
+    return Survey(float(np.median([min(w, h) for w, h in headers])))
 
 
 def default_image_size(

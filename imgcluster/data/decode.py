@@ -73,25 +73,11 @@ def image_shape(path: str | Path) -> tuple[int, int]:
     Raises:
         DecodeError: the file cannot be opened as an image.
     """
-    return image_header(path)[:2]
-
-
-def image_header(path: str | Path) -> tuple[int, int, bool]:
-    """``(width, height, grey)`` from the header only: the size as displayed (EXIF rotation
-    applied), and whether the file stores one channel (bilevel, grey, grey with alpha, or
-    16-bit/float grey; a palette may hold colours, so it counts as colour).
-
-    Raises:
-        DecodeError: the file cannot be opened as an image.
-    """
     with _guarded(path) as im:
         width, height = im.size
         if _header_orientation(im) in _SWAPS_AXES:
             width, height = height, width
-        return width, height, im.mode in _GREY_MODES
-
-
-_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+        return width, height
 
 
 @contextlib.contextmanager

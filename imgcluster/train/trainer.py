@@ -22,7 +22,7 @@ import torch
 
 from imgcluster import __version__
 from imgcluster import rundir as rd
-from imgcluster.config import RunConfig, auto_batch_size, resolve_start
+from imgcluster.config import RunConfig, auto_batch_size, pretrained_warmup, resolve_start
 from imgcluster.data.cache import ImageCache
 from imgcluster.errors import RunError
 from imgcluster.events import Callback, Progress, message
@@ -70,11 +70,13 @@ def paths_digest(paths: list[str]) -> str:
 
 def fitted_to_images(cfg: RunConfig, images: np.ndarray) -> RunConfig:
     """The settings chosen from the images, filled in: the augmentation ("auto": greyscale or
-    colour views) and the batch size (None: from the number of images). ValueError for an
-    unknown augmentation name."""
+    colour views), the batch size (None: from the number of images) and a frozen backbone's
+    warm-up (None: :func:`imgcluster.config.pretrained_warmup`). ValueError for an unknown
+    augmentation name."""
     views = choose_augmentation(cfg.data.augment, images)
     batch = cfg.optim.batch_size or auto_batch_size(len(images))
-    return cfg.replace(data={"augment": views}, optim={"batch_size": batch})
+    warmup = pretrained_warmup(len(images)) if cfg.scl.warmup is None else cfg.scl.warmup
+    return cfg.replace(data={"augment": views}, optim={"batch_size": batch}, scl={"warmup": warmup})
 
 
 def start_labels(features: np.ndarray, num_clusters: int, seed: int) -> np.ndarray:
