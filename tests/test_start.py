@@ -22,6 +22,7 @@ from imgcluster import rundir
 from imgcluster.config import RunConfig
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the CLI
+REPO = Path(__file__).resolve().parents[1]
 
 # assignments.csv of `fit SRC --k 3 --epochs 6 --image-size 16 --workers 1 --device cpu
 # --seed 0` on the first 6 CIFAR-10 test images of each class, written by imgcluster before
@@ -100,3 +101,45 @@ def test_explicit_backbone_without_weights_keeps_scratch(tmp_path: Path) -> None
     config = RunConfig().replace(data={"source": str(tmp_path / "imgs")},
                                  model={"backbone": "small"})  # fmt: skip
     assert resolve(config).model.init == "none"
+
+
+def imagenette_subset(data_root: Path, dst: Path, per_class: int) -> Path:
+    """The first ``per_class`` Imagenette validation photos of each class, with a labels.csv."""
+    rows = ["path,label"]
+    for class_dir in sorted(p for p in (data_root / "imagenette-val").iterdir() if p.is_dir()):
+        (dst / class_dir.name).mkdir(parents=True)
+        for f in sorted(class_dir.iterdir())[:per_class]:
+            (dst / class_dir.name / f.name).write_bytes(f.read_bytes())
+            rows.append(f"{class_dir.name}/{f.name},{class_dir.name}")
+    (dst / "labels.csv").write_text("\n".join(rows) + "\n")
+    return dst
+
+
+def test_packaged_start_beats_kmeans_on_its_frozen_features(
+    data_root: Path, tmp_path: Path
+) -> None:
+    """1,000 Imagenette photos, the default start (the packaged network, frozen, on its cached
+    views): the trained clusters score at least 0.05 ACC above the best of three seeds of
+    k-means (10 restarts each) on the same network's frozen features of the same decoded images
+    (benchmarks/anchors.py). model.onnx holds the EfficientNet and ``assign`` runs it to fit's
+    clusters."""
+    source = imagenette_subset(data_root, tmp_path / "photos", 100)
+    out = tmp_path / "run"
+    proc = run_cli("fit", str(source), "--k", "10", "--epochs", "40", "--image-size", "96",
+                   "--views", "4", "--device", "cpu", "--no-report", "--out", str(out),
+                   "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["start_choice"]["init"] == "imagenet"
+    scored = run_cli("eval", "--run", str(out), "--labels", str(source / "labels.csv"), "--json",
+                     "--no-report")  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    acc = json.loads(scored.stdout)["acc"]
+    anchors = subprocess.run([sys.executable, str(REPO / "benchmarks" / "anchors.py"),
+                              str(source), "--size", "96", "--no-umap", "--json"],
+                             capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert anchors.returncode == 0, anchors.stderr
+    anchor = max(json.loads(anchors.stdout)["kmeans"]["acc_per_seed"])
+    assert acc >= anchor + 0.05, (acc, anchor)
+    assigned = run_cli("assign", "--run", str(out), "--json", "--no-report")
+    assert assigned.returncode == 0, assigned.stderr
+    assert json.loads(assigned.stdout)["agreement"] == 1.0

@@ -94,9 +94,11 @@ def choose_start(init: str | None, found: Survey, freeze: bool | None = None) ->
     if freeze:
         return INIT_IMAGENET, "--freeze-encoder keeps a pretrained network: the packaged one"
     side = found.shorter_side
-    if side is not None and side <= TINY_IMAGE_SIDE:
-        return INIT_NONE, f"the images are tiny ({side:.0f} px): trained from scratch"
-    return INIT_IMAGENET, "the images are not tiny: the packaged ImageNet network"
+    if side is None:
+        return INIT_IMAGENET, "no image's size could be read: the packaged network"
+    if side <= TINY_IMAGE_SIDE:
+        return INIT_NONE, f"{side:.0f}-px images, too small for ImageNet's features"
+    return INIT_IMAGENET, f"{side:.0f}-px images, large enough for ImageNet's features"
 
 
 # The largest median shorter side that trains from scratch under --init auto (choose_start).
