@@ -47,20 +47,20 @@ INIT_AUTO, INIT_NONE, INIT_IMAGENET = "auto", "none", "imagenet"
 # The network of the packaged ImageNet start (a PyPI data package, installed with imgcluster).
 PACKAGED_BACKBONE = "efficientnet_lite0"
 PACKAGED_BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite2")
-# Share of the epochs that train a frozen pretrained backbone's embeddings alone before the
-# clusters start from k-means on them (docs/benchmarks.md, "Pretrained start"): on CIFAR-10's
-# 10,000 and Imagenette's 3,925 images 0.4 (0.60 ACC on CIFAR against 0.57 at 0.2); on 300 or
-# 1,000 images instance discrimination alone soon spreads each class apart (their 20-NN
-# agreement fell from 0.65 to 0.40), and 0.1 measured best (1,000 images: 0.76 against 0.66 at
-# 0.2 and 0.67 at 0.4). Folders under SMALL_FOLDER images take the short one.
+# The warm-up of a frozen pretrained backbone (scl.warmup None, train.trainer.warmup_epochs):
+# epochs of its embeddings trained alone before the clusters start from k-means on them, about
+# PRETRAINED_WARMUP_RATE * sqrt(N) and never over PRETRAINED_WARMUP of the run (docs/benchmarks.md,
+# "Pretrained start"). Measured good: 16 on 10,000 images (CIFAR-10 0.60, MNIST 0.76), 3 on
+# 300, 4 on 1,000; too long: 76 on MNIST (0.54), 8 and 16 on 1,000 (0.66, 0.67), 12 on 300
+# (0.55), where instance discrimination alone soon spreads each class apart.
+PRETRAINED_WARMUP_RATE = 0.16
 PRETRAINED_WARMUP = 0.4
-SMALL_FOLDER_WARMUP = 0.1
-SMALL_FOLDER = 2000
 
 
-def pretrained_warmup(num_images: int) -> float:
-    """``scl.warmup`` for a frozen pretrained backbone and ``num_images`` images."""
-    return SMALL_FOLDER_WARMUP if num_images < SMALL_FOLDER else PRETRAINED_WARMUP
+def pretrained_warmup_epochs(num_images: int, epochs: int) -> int:
+    """Warm-up epochs of a frozen pretrained backbone, ``num_images`` images, ``epochs`` in all."""
+    by_size = max(2, round(PRETRAINED_WARMUP_RATE * num_images**0.5))
+    return min(by_size, round(PRETRAINED_WARMUP * epochs))
 
 
 METHODS: tuple[str, ...] = ("scl", "moco-kmeans")
@@ -156,8 +156,8 @@ class SCLConfig:
     balance: int = 3
     # Share of the epochs before the clusters start (ours): until then the pseudo labels stay
     # as drawn and only the features learn; then k-means on the features gives the labels, the
-    # banks and the heads. 0: SCL from the first epoch, the paper's. None: 0 from scratch,
-    # on a frozen pretrained backbone's views pretrained_warmup(N).
+    # banks and the heads. 0: SCL from the first epoch, the paper's. None: 0 from scratch; on a
+    # frozen pretrained backbone's views a number of epochs, pretrained_warmup_epochs(N, epochs).
     warmup: float | None = None
     # Leave an image's own earlier key out of its negatives and of its p~ (ours,
     # losses.mask_own_keys_): on a folder not much larger than K nearly every image has a stale
@@ -416,8 +416,8 @@ def resolve_start(config: RunConfig, device_type: str = "cpu") -> RunConfig:
     - ``model.freeze_encoder`` None: frozen for an EfficientNet-Lite start (it trains on its
       cached views, docs/benchmarks.md "Pretrained start"), else fine-tuned;
     - ``optim.encoder_lr_scale`` None: 0.1 with a pretrained start, else 1;
-    - ``scl.warmup`` None: 0 but on a frozen pretrained backbone, whose warm-up is chosen
-      with the number of images (:func:`pretrained_warmup`).
+    - ``scl.warmup`` None: 0 but on a frozen pretrained backbone, whose warm-up epochs the
+      trainer takes from the number of images (:func:`pretrained_warmup_epochs`).
 
     The image size is chosen with the images (:func:`image_sides`).
     """

@@ -21,7 +21,7 @@ from imgcluster.config import (
     RunConfig,
     SCLConfig,
     auto_batch_size,
-    pretrained_warmup,
+    pretrained_warmup_epochs,
     resolve,
     resolve_start,
     under_clustering_k,
@@ -137,7 +137,14 @@ def test_a_start_resolves_its_backbone_freezing_warmup_and_encoder_lr(tmp_path) 
     packaged = resolve(folder.replace(model={"init": "imagenet"}))
     assert (packaged.model.backbone, packaged.model.freeze_encoder) == ("efficientnet_lite0", True)
     assert packaged.optim.encoder_lr_scale == 0.1 and packaged.scl.warmup is None  # by N
-    assert pretrained_warmup(300) < pretrained_warmup(10_000) == PRETRAINED_WARMUP
+    assert [pretrained_warmup_epochs(n, 40) for n in (300, 1_000, 10_000, 100_000)] == [
+        3,
+        5,
+        16,
+        16,
+    ]
+    assert pretrained_warmup_epochs(10_000, 200) == 16 and pretrained_warmup_epochs(50, 40) == 2
+    assert pretrained_warmup_epochs(10_000, 10) == round(PRETRAINED_WARMUP * 10)
     tuned = resolve(folder.replace(model={"init": "imagenet", "freeze_encoder": False}))
     assert tuned.scl.warmup == 0.0  # the warm-up is for a frozen backbone's views
     assert resolve(folder.replace(model={"backbone": "resnet18"})).model.init == "none"

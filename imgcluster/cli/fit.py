@@ -313,8 +313,8 @@ def fit(
     warmup: float | None = typer.Option(
         None,
         help="Share of the epochs that train the features alone before the clusters start from "
-        "k-means on them \\[default: 0, the paper's; on a frozen pretrained backbone 0.4, "
-        "0.1 under 2,000 images].",
+        "k-means on them \\[default: 0, the paper's; on a frozen pretrained backbone "
+        "0.16·sqrt(images) epochs, at most 40 % of them].",
         rich_help_panel="Method (the paper's options)",
     ),
     preset: str | None = typer.Option(

@@ -22,7 +22,7 @@ import torch
 
 from imgcluster import __version__
 from imgcluster import rundir as rd
-from imgcluster.config import RunConfig, auto_batch_size, pretrained_warmup, resolve_start
+from imgcluster.config import RunConfig, auto_batch_size, pretrained_warmup_epochs, resolve_start
 from imgcluster.data.cache import ImageCache
 from imgcluster.errors import RunError
 from imgcluster.events import Callback, Progress, message
@@ -70,13 +70,11 @@ def paths_digest(paths: list[str]) -> str:
 
 def fitted_to_images(cfg: RunConfig, images: np.ndarray) -> RunConfig:
     """The settings chosen from the images, filled in: the augmentation ("auto": greyscale or
-    colour views), the batch size (None: from the number of images) and a frozen backbone's
-    warm-up (None: :func:`imgcluster.config.pretrained_warmup`). ValueError for an unknown
-    augmentation name."""
+    colour views) and the batch size (None: from the number of images). ValueError for an
+    unknown augmentation name."""
     views = choose_augmentation(cfg.data.augment, images)
     batch = cfg.optim.batch_size or auto_batch_size(len(images))
-    warmup = pretrained_warmup(len(images)) if cfg.scl.warmup is None else cfg.scl.warmup
-    return cfg.replace(data={"augment": views}, optim={"batch_size": batch}, scl={"warmup": warmup})
+    return cfg.replace(data={"augment": views}, optim={"batch_size": batch})
 
 
 def start_labels(features: np.ndarray, num_clusters: int, seed: int) -> np.ndarray:
@@ -355,9 +353,15 @@ class Trainer:
         )
 
     def warmup_epochs(self) -> int:
-        """Epochs before the clusters start from k-means (``SCLConfig.warmup`` of the run; the
-        last epoch is never one of them). Until then the pseudo labels stay as drawn."""
-        return min(round(self.cfg.scl.warmup * self.epochs_total), self.epochs_total - 1)
+        """Epochs before the clusters start from k-means (``SCLConfig.warmup`` of the run's
+        epochs; None, a frozen pretrained backbone's: :func:`pretrained_warmup_epochs`; the last
+        epoch is never one of them). Until then the pseudo labels stay as drawn."""
+        share = self.cfg.scl.warmup
+        if share is None:
+            wanted = pretrained_warmup_epochs(len(self.images), self.epochs_total)
+        else:
+            wanted = round(share * self.epochs_total)
+        return min(wanted, self.epochs_total - 1)
 
     def start_clusters(self, seed: int) -> dict[str, Any]:
         """End of the warm-up: every task's labels from k-means on the backbone's features
