@@ -44,7 +44,10 @@ def test_unknown_keys_are_ignored():
 # The paper's value of every method setting (docs/method.md, "--preset paper"), written out
 # here rather than read from PRESETS, so that the preset is checked against the paper.
 PAPER = {
-    "model": {"backbone": "resnet34", "feature_dim": 128, "projector_bn": False},
+    "model": {
+        "backbone": "resnet34", "init": "none", "freeze_encoder": False, "feature_dim": 128,
+        "projector_bn": False,
+    },
     "scl": {
         "method": "scl", "momentum": 0.9, "temperature": 0.1, "alpha": 1.0, "beta": 1.0,
         "min_cluster_size": 20, "cross_cluster": True, "online_cd": True, "hard_mining": True,

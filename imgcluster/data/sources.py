@@ -97,8 +97,8 @@ def choose_start(init: str | None, found: Survey, freeze: bool | None = None) ->
     if side is None:
         return INIT_IMAGENET, "no image's size could be read: the packaged network"
     if side <= TINY_IMAGE_SIDE:
-        return INIT_NONE, f"{side:.0f}-px images, too small for ImageNet's features"
-    return INIT_IMAGENET, f"{side:.0f}-px images, large enough for ImageNet's features"
+        return INIT_NONE, f"{side:.0f}-px images, too small for ImageNet features"
+    return INIT_IMAGENET, f"{side:.0f}-px images, large enough for ImageNet features"
 
 
 # The largest median shorter side that trains from scratch under --init auto (choose_start).
