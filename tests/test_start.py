@@ -144,4 +144,4 @@ def test_packaged_start_beats_kmeans_on_its_frozen_features(
     assert acc >= anchor + 0.05, (acc, anchor)
     assigned = run_cli("assign", "--run", str(out), "--json", "--no-report")
     assert assigned.returncode == 0, assigned.stderr
-    assert json.loads(assigned.stdout)["agreement"] == 1.0
+    assert json.loads(assigned.stdout)["agreement_with_fit"] == 1.0
