@@ -77,18 +77,18 @@ def fitted_to_images(cfg: RunConfig, images: np.ndarray) -> RunConfig:
     return cfg.replace(data={"augment": views}, optim={"batch_size": batch})
 
 
+# k-means restarts of the start: the clusters keep much of where they start, and on trained
+# embeddings the partition of lowest inertia was the one closest to the classes (CIFAR-10,
+# 12 restarts: the 4 lowest 0.59-0.61 ACC, the rest 0.52-0.58; docs/benchmarks.md).
+START_RESTARTS = 20
+
+
 def start_labels(features: np.ndarray, num_clusters: int, seed: int) -> np.ndarray:
     """k-means (:data:`START_RESTARTS` k-means++ restarts, the lowest inertia kept) on the
     warmed-up features, rows l2-normalised → N ids."""
     x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     labels, _ = kmeans(x, num_clusters, seed=seed, nredo=START_RESTARTS, plusplus=True)
     return labels
-
-
-# k-means restarts of the start: the clusters keep much of where they start, and on trained
-# embeddings the partition of lowest inertia was the one closest to the classes (CIFAR-10,
-# 12 restarts: the 4 lowest 0.59-0.61 ACC, the rest 0.52-0.58; docs/benchmarks.md).
-START_RESTARTS = 20
 
 
 def load_encoder_start(encoder: torch.nn.Module, start: dict[str, torch.Tensor]) -> None:
