@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from imgcluster.config import (
     BUDGET_MAX_EPOCHS,
     DEFAULT_EPOCHS,
+    FROZEN_EPOCHS,
     PRETRAINED_WARMUP,
     DataConfig,
     ModelConfig,
@@ -115,13 +116,20 @@ def test_under_clustering_k():
     assert [under_clustering_k(k) for k in (2, 3, 10, 15, 200)] == [2, 2, 5, 8, 100]
 
 
-def test_epochs_default_to_the_papers_unless_a_budget_decides(tmp_path) -> None:
+def test_epochs_default_to_the_papers_unless_a_budget_or_the_start_decides(tmp_path) -> None:
     folder = RunConfig().replace(data={"source": str(tmp_path)})
-    assert resolve(folder).optim.epochs == DEFAULT_EPOCHS == 200
-    budgeted = folder.replace(optim={"time_budget_minutes": 5})
+    scratch = folder.replace(model={"init": "none"})
+    assert resolve(scratch).optim.epochs == DEFAULT_EPOCHS == 200
+    budgeted = scratch.replace(optim={"time_budget_minutes": 5})
     assert resolve(budgeted).optim.epochs == BUDGET_MAX_EPOCHS
     given = budgeted.replace(optim={"epochs": 30})
     assert resolve(given).optim.epochs == 30
+    assert resolve(folder).optim.epochs is None  # the start, chosen from the images, decides
+    packaged = folder.replace(model={"init": "imagenet"})
+    for start in (packaged, packaged.replace(optim={"time_budget_minutes": 5})):
+        assert resolve(start).optim.epochs == FROZEN_EPOCHS
+    fine_tuned = packaged.replace(model={"freeze_encoder": False})
+    assert resolve(fine_tuned).optim.epochs == DEFAULT_EPOCHS
 
 
 def test_a_start_resolves_its_backbone_freezing_warmup_and_encoder_lr(tmp_path) -> None:

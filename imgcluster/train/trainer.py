@@ -29,6 +29,7 @@ from imgcluster.events import Callback, Progress, message
 from imgcluster.method.augment import AUGMENTATIONS, choose_augmentation
 from imgcluster.method.kmeans import centroid_probabilities, kmeans
 from imgcluster.method.scl import CLUSTERING, SCL
+from imgcluster.method.start_partition import start_labels, start_space
 from imgcluster.scoring.diagnostics import epoch_diagnostics
 from imgcluster.scoring.metrics import cluster_accuracy
 from imgcluster.train.allocator import retain_freed_memory
@@ -77,20 +78,6 @@ def fitted_to_images(cfg: RunConfig, images: np.ndarray) -> RunConfig:
     return cfg.replace(data={"augment": views}, optim={"batch_size": batch})
 
 
-# k-means restarts of the start: the clusters keep much of where they start, and on trained
-# embeddings the partition of lowest inertia was the one closest to the classes (CIFAR-10,
-# 12 restarts: the 4 lowest 0.59-0.61 ACC, the rest 0.52-0.58; docs/benchmarks.md).
-START_RESTARTS = 20
-
-
-def start_labels(features: np.ndarray, num_clusters: int, seed: int) -> np.ndarray:
-    """k-means (:data:`START_RESTARTS` k-means++ restarts, the lowest inertia kept) on the
-    warmed-up features, rows l2-normalised → N ids."""
-    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    labels, _ = kmeans(x, num_clusters, seed=seed, nredo=START_RESTARTS, plusplus=True)
-    return labels
-
-
 def load_encoder_start(encoder: torch.nn.Module, start: dict[str, torch.Tensor]) -> None:
     """Load ``start`` into ``encoder``, refusing what a non-strict load would pass over.
 
@@ -131,9 +118,9 @@ class Trainer:
         truth: np.ndarray | None = None,
         start: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        if cfg.scl.k is None or cfg.optim.epochs is None:
-            raise ValueError("Trainer needs a resolved config (imgcluster.config.resolve)")
         cfg = resolve_start(cfg, device.type)  # idempotent; ValueError for an undecided start
+        if cfg.scl.k is None:
+            raise ValueError("Trainer needs a resolved config (imgcluster.config.resolve)")
         cfg = fitted_to_images(cfg, cache.images)  # fit has done it; a library caller may not
         self.cfg, self.device, self.world, self.truth = cfg, device, world, truth
         use_fast_kernels(device)
@@ -364,10 +351,11 @@ class Trainer:
         return min(wanted, self.epochs_total - 1)
 
     def start_clusters(self, seed: int) -> dict[str, Any]:
-        """End of the warm-up: every task's labels from k-means on the backbone's features
-        (rank 0's, broadcast; instance discrimination alone spreads the projected embeddings
-        evenly, the backbone's features keep the groups), its banks and head started from them
-        and the embeddings (:meth:`ClusteringTask.start_from`)."""
+        """End of the warm-up: every task's labels from k-means on a UMAP of the backbone's
+        features (:func:`imgcluster.method.start_partition.start_labels`; rank 0's, broadcast;
+        instance discrimination alone spreads the projected embeddings evenly, the backbone's
+        features keep the groups), its banks and head started from them and the embeddings
+        (:meth:`ClusteringTask.start_from`)."""
         preds = self.last_predictions
         assert preds is not None
         features = torch.from_numpy(preds.features).to(self.device)
@@ -375,10 +363,11 @@ class Trainer:
         # embeddings are (docs/benchmarks.md, "Pretrained start").
         pooled = preds.features if self.cfg.model.freeze_encoder else preds.backbone
         pooled = preds.features if pooled is None else pooled
+        space = start_space(pooled, seed)
         stats: dict[str, Any] = {}
         for name, task in self.model.tasks.items():
             old = task.labels.cpu().numpy().copy()
-            new = torch.from_numpy(start_labels(pooled, task.num_clusters, seed))
+            new = torch.from_numpy(start_labels(space, task.num_clusters, seed))
             new = new.to(task.labels.device)
             if self.world.distributed:
                 broadcast_(new)
