@@ -206,6 +206,33 @@ def test_warmup_keeps_the_drawn_labels_then_starts_from_kmeans(tiny: Path, tmp_p
     assert state["clusters_started"] is True
 
 
+@pytest.mark.slow
+def test_a_frozen_start_starts_its_clusters_twice(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The packaged network, frozen, 10 epochs of 100 images: the clusters start at the warm-up's
+    end (2 epochs, 0.16·sqrt(100)) and again half-way from there to the end (epoch 6); a
+    from-scratch run with the same warm-up starts them once."""
+    from imgcluster.train.trainer import Trainer
+
+    started: list[int] = []
+    original = Trainer.start_clusters
+
+    def recording(self: Trainer, seed: int):
+        started.append(self.epoch + 1)
+        return original(self, seed)
+
+    monkeypatch.setattr(Trainer, "start_clusters", recording)
+    packaged = {"backbone": "auto", "init": "imagenet"}
+    cfg = config(tiny).replace(model=packaged, data={"image_size": 32, "views": 1},
+                               optim={"epochs": 10})  # fmt: skip
+    fit(cfg, tmp_path / "frozen")
+    assert started == [2, 6]
+    started.clear()
+    fit(config(tiny).replace(scl={"warmup": 0.2}, optim={"epochs": 10}), tmp_path / "scratch")
+    assert started == [2]
+
+
 class FakeClock:
     """``time.perf_counter`` for a whole run: 1 ms a call, plus the seconds a test adds."""
 
