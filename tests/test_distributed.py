@@ -129,7 +129,8 @@ def test_torchrun_fit_writes_a_complete_run_and_resumes(data_root: Path, tmp_pat
     out = tmp_path / "run"
     common = ["--out", str(out), "--k", "4", "--backbone", "small", "--image-size", "16"]
     common += ["--batch-size", "10", "--device", "cpu", "--workers", "1", "--no-report"]
-    done = torchrun_fit(str(source), "--epochs", "1", *common)
+    # a warm-up of one epoch: rank 0 starts the clusters (UMAP + k-means), rank 1 takes its labels
+    done = torchrun_fit(str(source), "--epochs", "2", "--warmup", "0.5", *common)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("100 images in 4 clusters") == 1  # rank 0 reports, rank 1 is silent
     for name in ("config.json", "checkpoint.pt", "history.jsonl", "assignments.csv"):
@@ -138,11 +139,11 @@ def test_torchrun_fit_writes_a_complete_run_and_resumes(data_root: Path, tmp_pat
     assert read_json(out / "config.json")["world_size"] == WORLD
     paths, clusters, _ = read_assignments(out / "assignments.csv")
     assert len(paths) == 100 and clusters.max() < 4
-    resumed = torchrun_fit("--resume", "--epochs", "2", *common)
+    resumed = torchrun_fit("--resume", "--epochs", "3", *common)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     history = read_history(out / "history.jsonl")
-    assert [r["epoch"] for r in history] == [1, 2]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
     assert all(r["world_size"] == WORLD for r in history)
     # global batch 2 × 10: 100 images give 5 steps an epoch
     assert all(r["steps"] == 5 for r in history)
-    assert json.loads((out / "history.jsonl").read_text().splitlines()[-1])["epochs_total"] == 2
+    assert json.loads((out / "history.jsonl").read_text().splitlines()[-1])["epochs_total"] == 3

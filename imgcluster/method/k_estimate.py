@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from sklearn.preprocessing import normalize
 
 from imgcluster.method.kmeans import kmeans
 
@@ -85,7 +86,7 @@ def estimate_k(
     if not 2 <= k_max <= len(x) - 1:
         raise ValueError(f"k-max must be between 2 and {len(x) - 1} (the images less one), "
                          f"got {k_max}")  # fmt: skip
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = normalize(x)
     ks = list(range(2, k_max + 1))
     sil, dbi = [], []
     with _one_thread():

@@ -9,6 +9,7 @@ With faiss-gpu installed (the ``gpu`` extra) and a GPU visible, faiss trains on 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.preprocessing import normalize
 
 
 def kmeans(
@@ -64,7 +65,7 @@ def cluster_centroids(features: np.ndarray, labels: np.ndarray, k: int) -> np.nd
     features = np.asarray(features, dtype=np.float32)
     sums = np.zeros((k, features.shape[1]), dtype=np.float32)
     np.add.at(sums, np.asarray(labels, dtype=np.int64), features)
-    return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return normalize(sums)
 
 
 def centroid_probabilities(

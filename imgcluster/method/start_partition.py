@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from sklearn.preprocessing import normalize
 
 from imgcluster.method.kmeans import kmeans
 
@@ -50,7 +51,7 @@ def start_space(features: np.ndarray, seed: int) -> np.ndarray:
     """N×d warmed-up features → the rows k-means starts the clusters in: their UMAP
     (:func:`umap_embedding` of the ℓ2-normalised rows), or below :data:`FEWEST_FOR_UMAP` images
     the ℓ2-normalised rows themselves."""
-    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    x = normalize(np.asarray(features, dtype=np.float32))
     return umap_embedding(x, seed) if len(x) >= FEWEST_FOR_UMAP else x
 
 

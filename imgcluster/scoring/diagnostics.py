@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.preprocessing import normalize
 
 from imgcluster.method.kmeans import kmeans
 from imgcluster.scoring.metrics import cluster_accuracy, score
@@ -91,7 +92,7 @@ def epoch_diagnostics(
     record["kmeans_acc"] = cluster_accuracy(clusters, classes)
     record["knn_agreement"] = knn_agreement(features, classes, device=device)
     if backbone is not None:
-        unit = backbone / np.maximum(np.linalg.norm(backbone, axis=1, keepdims=True), 1e-12)
+        unit = normalize(np.asarray(backbone, dtype=np.float32))
         clusters, _ = kmeans(unit, k, seed=seed)
         record["backbone_kmeans_acc"] = cluster_accuracy(clusters, classes)
         record["backbone_knn_agreement"] = knn_agreement(unit, classes, device=device)

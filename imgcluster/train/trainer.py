@@ -367,10 +367,11 @@ class Trainer:
         return second if first < second < self.epochs_total else None
 
     def start_clusters(self, seed: int) -> dict[str, Any]:
-        """End of the warm-up: every task's labels from k-means on a UMAP of the backbone's
-        features (:func:`imgcluster.method.start_partition.start_labels`; rank 0's, broadcast;
-        instance discrimination alone spreads the projected embeddings evenly, the backbone's
-        features keep the groups), its banks and head started from them and the embeddings
+        """End of the warm-up: every task's labels from k-means on a UMAP of the warmed-up
+        features (:func:`imgcluster.method.start_partition.start_labels`; rank 0's, broadcast):
+        a frozen backbone's trained embeddings q, else the backbone's pooled features (instance
+        discrimination alone spreads the projected embeddings evenly, the backbone's features
+        keep the groups); its banks and head started from them and the embeddings
         (:meth:`ClusteringTask.start_from`)."""
         preds = self.last_predictions
         assert preds is not None
@@ -379,12 +380,16 @@ class Trainer:
         # embeddings are (docs/benchmarks.md, "Pretrained start").
         pooled = preds.features if self.cfg.model.freeze_encoder else preds.backbone
         pooled = preds.features if pooled is None else pooled
-        space = start_space(pooled, seed)
+        # UMAP and k-means on rank 0 only; the other ranks take its labels
+        space = start_space(pooled, seed) if self.world.is_main else None
         stats: dict[str, Any] = {}
         for name, task in self.model.tasks.items():
             old = task.labels.cpu().numpy().copy()
-            new = torch.from_numpy(start_labels(space, task.num_clusters, seed))
-            new = new.to(task.labels.device)
+            if space is None:
+                new = torch.zeros_like(task.labels)
+            else:
+                new = torch.from_numpy(start_labels(space, task.num_clusters, seed))
+                new = new.to(task.labels.device, task.labels.dtype)
             if self.world.distributed:
                 broadcast_(new)
             task.start_from(new, features, self.cfg.scl.temperature)
