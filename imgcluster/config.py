@@ -43,8 +43,8 @@ BACKBONES: tuple[str, ...] = (
 # Training side S when none is given: (images of at most ~48 px, larger ones), from scratch
 # and with a pretrained start, per device (docs/benchmarks.md). ImageNet networks shrink the
 # input 32x; small images (CIFAR's 32 px, MNIST's 28) upscaled to 128 px rather than 96 gave
-# the trained clusters more to find (CIFAR-10 0.579 -> 0.636, MNIST 0.873 -> 0.889, with the
-# second start), larger photos clustered better at 160 px than at 128.
+# the trained clusters more to find (CIFAR-10 0.592 -> 0.640, MNIST 0.873 -> 0.889, with the
+# second start; 40 epochs), larger photos clustered better at 160 px than at 128.
 SCRATCH_SIDES: tuple[int, int] = (32, 96)
 PRETRAINED_SIDES: dict[str, tuple[int, int]] = {"cpu": (128, 160), "cuda": (128, 224)}
 # Starts (ModelConfig.init) besides a weights file.

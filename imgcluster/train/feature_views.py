@@ -201,7 +201,7 @@ def views_per_image(
 DEFAULT_VIEWS = 8  # augmented views per image without a time budget (docs/benchmarks.md)
 # With a time budget, the views may take this share of it: the cached views are the run's
 # augmentations, while the epochs on them cost little: a frozen start's 40 epochs of 10,000
-# images took 140-170 s of MNIST's 12 minutes (docs/benchmarks.md). MNIST at 128 px scored
+# images took 140-190 s of MNIST's 12 minutes (docs/benchmarks.md). MNIST at 128 px scored
 # 0.842 with the 4 views 0.5 of the budget then allowed, 0.889 with 8.
 VIEWS_BUDGET_SHARE = 0.6
 FEWEST_VIEWS = 2

@@ -278,8 +278,8 @@ class Trainer:
     def label_stage(self, callback: Callback) -> tuple[bool, dict[str, Any]]:
         """The end of an epoch's training: predict all N and update the labels (Eq. 5), start the
         clusters at the end of the warm-up (and again at :meth:`second_start_epoch`), or nothing
-        while warming up. Returns whether it
-        predicted (:attr:`last_predictions`) and the per-task label statistics."""
+        while warming up. Returns whether it predicted (:attr:`last_predictions`) and the
+        per-task label statistics."""
         warming = bool(self.model.tasks) and not self.clusters_started
         start_now = warming and self.epoch + 1 >= self.warmup_epochs()
         second = bool(self.model.tasks) and not warming
