@@ -88,7 +88,7 @@ def test_auto_start_is_chosen_by_the_images_and_said(data_root: Path, tmp_path: 
         said[name] = (config["model"], config["data"]["image_size"])
     colour_model, colour_size = said["colour"]
     assert colour_model["init"] == "imagenet" and colour_model["backbone"] == "efficientnet_lite0"
-    assert colour_model["freeze_encoder"] is True and colour_size == 96  # small images: 96 px
+    assert colour_model["freeze_encoder"] is True and colour_size == 128  # small images: 128 px
     tiny_model, tiny_size = said["tiny"]
     assert tiny_model["init"] == "none" and tiny_model["backbone"] == "small"
     assert tiny_size == 32
