@@ -4,6 +4,7 @@ features, or on the pixels, of a labelled folder.
     python benchmarks/anchors.py ../shared/data/cifar10-test --size 96 --json
     python benchmarks/anchors.py ../shared/data/mnist-test --features pixels --size 28
     python benchmarks/anchors.py FOLDER --limit 300 --seeds 1 --no-umap --json
+    python benchmarks/anchors.py ../shared/data/mnist-test --size 96 --seeds 1 --k-scan
 
 ``--features``: ``efficientnet_lite0`` / ``efficientnet_lite2`` (the packaged ImageNet
 weights, pooled 1,280-d features of the plain view, exactly what ``fit``'s default start
@@ -13,6 +14,12 @@ k-means: faiss, 10 k-means++ restarts, the lowest inertia kept, one run per seed
 gives the mean over ``--seeds`` and each seed's ACC. UMAP (10 dimensions, 15 neighbours, cosine
 metric; needs ``pip install umap-learn``, skipped without it) runs once per seed before the same
 k-means. The folder needs a labels.csv (path,label); k is its number of classes.
+
+``--k-scan``: how ``--k auto``'s criteria would choose in the space the clusters start in
+(``start_partition.start_space``: a UMAP of 3,000 sampled features, as the start computes it):
+the k each of the silhouette, Davies–Bouldin and Calinski–Harabasz prefers among k-means
+partitions (best of 5) for k = 2..``--k-max``, each score per k, and HDBSCAN's number of
+clusters at minimum cluster sizes of 1 %, 2 % and 3.3 % of the sample.
 """
 
 from __future__ import annotations
@@ -46,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="at most this many images")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--no-umap", action="store_true", help="k-means only")
+    p.add_argument("--k-scan", action="store_true", help="criteria for k on the start's UMAP")
+    p.add_argument("--k-max", type=int, default=30, help="largest k of --k-scan")
+    p.add_argument("--save", type=Path, default=None,
+                   help="write the features and classes to this .npz (benchmarks/k_auto.py "
+                   "score reads it)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
 
@@ -84,6 +96,35 @@ def clustered(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     return labels
 
 
+def k_scan(x: np.ndarray, k_max: int, seed: int = 0, sample: int = 3000) -> dict:
+    """Each criterion's k, and its score per k, on the start's UMAP of ``sample`` rows."""
+    from sklearn.cluster import HDBSCAN
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
+    from imgcluster.method.start_partition import start_space
+
+    rows = np.random.default_rng(seed).permutation(len(x))[:sample]
+    space = start_space(x[np.sort(rows)], seed)
+    ks = list(range(2, min(k_max, len(space) - 1) + 1))
+    scores: dict[str, list[float]] = {"silhouette": [], "davies_bouldin": [],
+                                      "calinski_harabasz": []}  # fmt: skip
+    for k in ks:
+        labels, _ = kmeans(space, k, seed=seed, nredo=5, plusplus=True)
+        scores["silhouette"].append(float(silhouette_score(space, labels)))
+        scores["davies_bouldin"].append(float(davies_bouldin_score(space, labels)))
+        scores["calinski_harabasz"].append(float(calinski_harabasz_score(space, labels)))
+    picks = {name: ks[int(np.argmin(v) if name == "davies_bouldin" else np.argmax(v))]
+             for name, v in scores.items()}  # fmt: skip
+    hdbscan = {}
+    for share in (0.01, 0.02, 0.033):
+        size = max(5, round(share * len(space)))
+        found = HDBSCAN(min_cluster_size=size).fit(space).labels_
+        hdbscan[size] = int(found.max() + 1)
+    rounded = {name: [round(v, 3) for v in values] for name, values in scores.items()}
+    return {"images": len(space), "ks": ks, "picks": picks, "hdbscan_clusters": hdbscan,
+            "scores": rounded}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     paths = scan_folder(args.folder).paths[: args.limit]
@@ -96,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         x = unit_rows(frozen_features(cache.images, args.features))
     seconds = time.perf_counter() - began
+    if args.save is not None:
+        np.savez(args.save, backbone=x, classes=classes)
     rows = {"kmeans": [score(clustered(x, k, s), classes) for s in range(args.seeds)]}
     umap_note = None
     if not args.no_umap:
@@ -121,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
         }
     if umap_note:
         report["umap_kmeans"] = umap_note
+    if args.k_scan:
+        report["k_scan"] = k_scan(x, args.k_max)
     if args.json:
         print(json.dumps(report))
     else:

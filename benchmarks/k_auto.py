@@ -1,13 +1,15 @@
 """How well ``fit --k auto`` finds the number of classes: each criterion's pick, per set.
 
     python benchmarks/k_auto.py features FOLDER OUT.npz MINUTES [SEED]
-    python benchmarks/k_auto.py score OUT.npz [OUT2.npz ...] [--k-max 30]
+    python benchmarks/k_auto.py score OUT.npz [OUT2.npz ...] [--k-max 30] [--classes 0,1,2]
 
 ``features`` trains the features alone (instance discrimination, the first phase of
 ``--k auto``) on FOLDER for MINUTES of a 2-core CPU and saves them with the classes of
 FOLDER/labels.csv (read only to score). ``score`` runs :func:`estimate_k` on saved features and
-prints every criterion's k next to the number of classes. The "Choosing k" rows of
-docs/benchmarks.md were measured this way.
+prints every criterion's k next to the number of classes; ``--classes`` keeps only the images of
+those classes (their labels as saved). The "Choosing k" rows of docs/benchmarks.md were measured
+this way; ``benchmarks/anchors.py --save OUT.npz`` saves a pretrained network's frozen features
+for it (score them with ``FEATURES=backbone``).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def backbone_features(trainer, images) -> np.ndarray:  # noqa: ANN001
     return np.concatenate(rows)
 
 
-def score(files: list[Path], k_max: int) -> None:
+def score(files: list[Path], k_max: int, keep: list[str] | None = None) -> None:
     from imgcluster.method.k_estimate import CRITERIA, estimate_k
     from imgcluster.method.kmeans import kmeans
     from imgcluster.scoring.metrics import score as scores
@@ -74,6 +76,9 @@ def score(files: list[Path], k_max: int) -> None:
     for f in files:
         data = np.load(f)
         x, classes = data[FEATURES], data["classes"]
+        if keep is not None:
+            rows = np.isin(classes.astype(str), keep)
+            x, classes = x[rows], classes[rows]
         true_k = len(np.unique(classes))
         began = time.perf_counter()
         choice = estimate_k(x, min(k_max, len(x) // 2))
@@ -95,7 +100,12 @@ def main() -> None:
             i = args.index("--k-max")
             k_max = int(args[i + 1])
             args = args[:i] + args[i + 2 :]
-        score([Path(a) for a in args], k_max)
+        keep = None
+        if "--classes" in args:
+            i = args.index("--classes")
+            keep = args[i + 1].split(",")
+            args = args[:i] + args[i + 2 :]
+        score([Path(a) for a in args], k_max, keep)
 
 
 if __name__ == "__main__":

@@ -312,13 +312,23 @@ def _choose_k(
     """``--k auto`` (:mod:`imgcluster.method.k_estimate`): the features train alone (instance
     discrimination) for a share of the epochs or of the time budget; k = 2..k-max are scored on
     them (rank 0; broadcast). Returns the settings with the chosen k and the epochs left, the
-    choice, and the trained encoder's weights, which SCL then starts from."""
+    choice, and the trained encoder's weights, which SCL then starts from. A frozen pretrained
+    backbone's features do not train: k is scored on them at once, and the whole run is left."""
     from imgcluster.method.k_estimate import ESTIMATE_SHARE, estimate_k
     from imgcluster.train.distributed import broadcast_object
     from imgcluster.train.trainer import Trainer, train_epochs
 
     world, device = where
     k_max = int(config.scl.k_max or 2)  # set from the images by _images
+    if config.model.pretrained and config.model.freeze_encoder:
+        message(callback, f"choosing k = 2..{k_max} on the frozen network's features")
+        trainer = Trainer(config.replace(scl={"k": k_max}), images.cache, device, world, None,
+                          pretrained)  # fmt: skip
+        features = trainer.predict(backbone=True).backbone
+        choice = estimate_k(features, k_max, config.optim.seed) if world.is_main else None
+        choice = broadcast_object(choice)
+        message(callback, choice.summary())
+        return config.replace(scl={"k": choice.k}), choice, pretrained
     epochs = int(config.optim.epochs or 1)
     first = max(1, round(ESTIMATE_SHARE * epochs)) if epochs > 1 else 1
     features_only = config.replace(scl={"k": k_max, "method": "moco-kmeans"},

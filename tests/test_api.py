@@ -11,7 +11,7 @@ import pytest
 from conftest import copy_cifar_subset
 
 from imgcluster.api import fit, resume
-from imgcluster.config import RunConfig
+from imgcluster.config import PRESETS, RunConfig
 from imgcluster.errors import RunError
 from imgcluster.rundir import CHECKPOINT, HISTORY, read_assignments
 
@@ -211,8 +211,9 @@ def test_a_frozen_start_starts_its_clusters_twice(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """The packaged network, frozen, 10 epochs of 100 images: the clusters start at the warm-up's
-    end (2 epochs, 0.16·sqrt(100)) and again half-way from there to the end (epoch 6); a
-    from-scratch run with the same warm-up starts them once."""
+    end (2 epochs, 0.16·sqrt(100)) and again half-way from there to the end (epoch 6); from
+    scratch the same, with the warm-up given; without a warm-up only the restart (epoch 5);
+    ``--no-restart`` and the paper's settings never start them again."""
     from imgcluster.train.trainer import Trainer
 
     started: list[int] = []
@@ -229,8 +230,32 @@ def test_a_frozen_start_starts_its_clusters_twice(
     fit(cfg, tmp_path / "frozen")
     assert started == [2, 6]
     started.clear()
-    fit(config(tiny).replace(scl={"warmup": 0.2}, optim={"epochs": 10}), tmp_path / "scratch")
-    assert started == [2]
+    for name, scl, expected in [
+        ("warm", {"warmup": 0.2}, [2, 6]),
+        ("plain", {}, [5]),
+        ("once", {"warmup": 0.2, "restart": False}, [2]),
+        ("paper", PRESETS["paper"]["scl"], []),
+    ]:
+        started.clear()
+        fit(config(tiny).replace(scl=scl, optim={"epochs": 10}), tmp_path / name)
+        assert started == expected, name
+
+
+def test_k_auto_on_a_frozen_start_scores_the_frozen_features_at_once(tiny: Path, tmp_path: Path):
+    """A frozen backbone's features do not train: --k auto scores them before any epoch and
+    leaves the whole run to SCL (10 epochs planned, 10 in config.json), where a from-scratch
+    run gives 40 % of its epochs to the features first."""
+    packaged = {"backbone": "auto", "init": "imagenet"}
+    cfg = config(tiny).replace(model=packaged, data={"image_size": 32, "views": 1},
+                               scl={"k": None, "k_auto": True, "k_max": 5},
+                               optim={"epochs": 10})  # fmt: skip
+    fit(cfg, tmp_path / "frozen")
+    saved = json.loads((tmp_path / "frozen" / "config.json").read_text())
+    assert saved["optim"]["epochs"] == 10 and 2 <= saved["scl"]["k"] <= 5
+    assert saved["k_choice"]["k"] == saved["scl"]["k"]
+    assert saved["k_choice"]["criterion"] == "modularity"
+    history = (tmp_path / "frozen" / HISTORY).read_text().splitlines()
+    assert len(history) == 10
 
 
 class FakeClock:

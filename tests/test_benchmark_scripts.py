@@ -51,7 +51,21 @@ def test_every_script_is_covered() -> None:
 
 
 CASES: list[tuple[str, list[str]]] = [
-    ("anchors.py", ["{folder}", "--size", "32", "--seeds", "1", "--no-umap", "--json"]),
+    (
+        "anchors.py",
+        [
+            "{folder}",
+            "--size",
+            "32",
+            "--seeds",
+            "1",
+            "--no-umap",
+            "--k-scan",
+            "--k-max",
+            "4",
+            "--json",
+        ],
+    ),
     ("assign_speed.py", ["{folder}", "--size", "32", "--repeats", "1", "--json"]),
     ("augment_speed.py", ["--size", "32", "--batch", "8", "--repeats", "1", "--json"]),
     (
@@ -107,6 +121,10 @@ def test_script_runs(folder: Path, tmp_path_factory: pytest.TempPathFactory, scr
     out = run(tmp, script, *filled)
     if "--json" in args:
         assert isinstance(last_json(out), dict)
+    if script == "anchors.py":
+        scan = last_json(out)["k_scan"]
+        assert set(scan["picks"]) == {"silhouette", "davies_bouldin", "calinski_harabasz"}
+        assert all(2 <= k <= 4 for k in scan["picks"].values())
     if script == "k_auto.py":
         assert "images" in out
         scored = run(tmp, script, "score", str(tmp / "f.npz"), "--k-max", "4")

@@ -52,7 +52,7 @@ PAPER = {
     "scl": {
         "method": "scl", "momentum": 0.9, "temperature": 0.1, "alpha": 1.0, "beta": 1.0,
         "min_cluster_size": 20, "cross_cluster": True, "online_cd": True, "hard_mining": True,
-        "balance": 0, "warmup": 0.0, "mask_own_keys": False, "align_ids": False,
+        "balance": 0, "warmup": 0.0, "restart": False, "mask_own_keys": False, "align_ids": False,
     },
     "optim": {
         "epochs": 200, "batch_size": 256, "lr": 0.03, "head_lr_scale": 1.0,

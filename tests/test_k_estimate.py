@@ -1,5 +1,6 @@
-"""Choosing k (fit --k auto): the criteria on well-separated groups, the eigengap against a dense
-reference, the errors; and the real CLI on images made in the test."""
+"""Choosing k (fit --k auto): the criteria on well-separated groups, the modularity's closed form
+and a naive reference, the eigengap against a dense reference, the errors; and the real CLI on
+images made in the test."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcluster.method.k_estimate import CRITERIA, KChoice, eigengaps, estimate_k
+from imgcluster.method.k_estimate import (
+    CRITERIA,
+    KChoice,
+    eigengaps,
+    estimate_k,
+    knn_graph,
+    modularity,
+)
 
 
 def blobs(k: int, per: int = 60, dim: int = 24, noise: float = 0.05, seed: int = 0) -> np.ndarray:
@@ -47,6 +55,33 @@ def test_k_max_must_fit_the_images() -> None:
         estimate_k(blobs(2, per=10), 1)
 
 
+def test_modularity_of_two_cliques_has_its_closed_form() -> None:
+    """Two disjoint cliques of 5: e_c / 2m = 1/2 and d_c / 2m = 1/2 each, so Q = 2·(1/2 − 1/4)
+    = 1/2 for the cliques; 0 for one cluster of everything; a split across both loses."""
+    from scipy.sparse import csr_matrix
+
+    block = np.ones((5, 5)) - np.eye(5)
+    graph = csr_matrix(np.block([[block, np.zeros((5, 5))], [np.zeros((5, 5)), block]]))
+    cliques = np.repeat([0, 1], 5)
+    assert modularity(graph, cliques) == pytest.approx(0.5)
+    assert modularity(graph, np.zeros(10, dtype=int)) == pytest.approx(0.0)
+    assert modularity(graph, np.tile([0, 1], 5)) < 0.0
+
+
+def test_modularity_matches_a_naive_double_sum() -> None:
+    x = blobs(3, per=20, noise=0.4, seed=2)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    graph = knn_graph(x, 6)
+    a = graph.toarray()
+    assert np.array_equal(a, a.T) and not a.diagonal().any() and (a.sum(axis=1) >= 6).all()
+    labels = np.random.default_rng(0).integers(0, 4, len(x))
+    d = a.sum(axis=1)
+    two_m = d.sum()
+    pairs = [(i, j) for i in range(len(x)) for j in range(len(x)) if labels[i] == labels[j]]
+    naive = sum(a[i, j] - d[i] * d[j] / two_m for i, j in pairs) / two_m
+    assert modularity(graph, labels) == pytest.approx(naive, abs=1e-12)
+
+
 def test_eigengaps_match_a_dense_reference() -> None:
     x = blobs(3, per=30, noise=0.3, seed=1)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -68,9 +103,7 @@ def test_choice_round_trips_and_says_what_chose_it() -> None:
     choice = estimate_k(blobs(3), 6)
     again = KChoice(**json.loads(json.dumps(choice.to_dict())))
     assert again == choice
-    assert again.summary().startswith(
-        "k = 3 chosen from the images by the davies-bouldin criterion"
-    )
+    assert again.summary().startswith("k = 3 chosen from the images by the modularity criterion")
     assert "silhouette 3" in again.summary()
 
 
@@ -104,7 +137,7 @@ def test_cli_k_auto_finds_the_groups(tmp_path: Path) -> None:
                    "--out", str(out), "--device", "cpu", "--workers", "1", "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["k"] == 4 and summary["k_choice"]["criterion"] == "davies_bouldin"
+    assert summary["k"] == 4 and summary["k_choice"]["criterion"] == "modularity"
     saved = json.loads((out / "config.json").read_text())
     assert saved["scl"]["k"] == 4 and saved["scl"]["k_auto"] and saved["k_choice"]["k"] == 4
     assert saved["optim"]["epochs"] == 3  # 40 % of the 5 epochs went to choosing k

@@ -1,5 +1,6 @@
-"""The start of a run (fit --init), through the real command line on real images: ``none`` is
-the from-scratch run of the code before pretrained starts, bit for bit; ``auto`` chooses by the
+"""The start of a run (fit --init), through the real command line on real images: ``none``
+without the restart (``--no-restart``) is the from-scratch run of the code before pretrained
+starts, bit for bit; ``auto`` chooses by the
 images and says why (terminal, config.json, --json, report); the packaged ImageNet start trains
 on its cached views, beats k-means on its own frozen features, and exports a model.onnx that
 ``assign`` runs to the same clusters."""
@@ -47,7 +48,7 @@ def test_init_none_is_the_scratch_run_before_pretrained_starts(
     out = tmp_path / "run"
     proc = run_cli("fit", str(source), "--k", "3", "--epochs", "6", "--image-size", "16",
                    "--workers", "1", "--device", "cpu", "--no-report", "--seed", "0",
-                   "--init", "none", "--out", str(out))  # fmt: skip
+                   "--init", "none", "--no-restart", "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     _, clusters, confidence = rundir.read_assignments(out / "assignments.csv")
     assert "".join(map(str, clusters.tolist())) == SCRATCH_CLUSTERS

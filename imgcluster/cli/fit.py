@@ -37,6 +37,7 @@ OPTION_FIELDS: dict[str, tuple[str, str]] = {
     "hard_mining": ("scl", "hard_mining"),
     "balance": ("scl", "balance"),
     "warmup": ("scl", "warmup"),
+    "restart": ("scl", "restart"),
     "mask_own_keys": ("scl", "mask_own_keys"),
     "align_ids": ("scl", "align_ids"),
     "backbone": ("model", "backbone"),
@@ -317,16 +318,24 @@ def fit(
         "0.16·sqrt(images) epochs, at most 40 % of them].",
         rich_help_panel="Method (the paper's options)",
     ),
+    restart: bool | None = typer.Option(
+        None,
+        "--restart/--no-restart",
+        help="Start the clusters again half-way through, from k-means on a UMAP of the "
+        "features trained since \\[default: on; off never restarts them, the paper's].",
+        rich_help_panel="Method (the paper's options)",
+        metavar="",
+    ),
     preset: str | None = typer.Option(
         None,
         "--preset",
         help="paper: every method setting at the paper's value, to reproduce its Table 1 "
         "(ResNet-34, momentum 0.9, batch 256, lr 0.03 for encoder and heads alike, 200 epochs, "
         "K 4096 or 8192 for tiny-imagenet, colour views, no projector batch norm, no balancing, "
-        "no own-key mask, no id renaming); your other options still apply. Ours still: flip "
-        "counts start at 1 (Eq. 6 is 0/0 at 0), no Gaussian blur (MoCo v2's is sized for 224 "
-        "px), no shuffle-BN on one device, bf16 on a GPU, banks start random, the cosine "
-        "schedule steps every batch. Table and reasons: docs/method.md.",
+        "no own-key mask, no id renaming, no restart); your other options still apply. Ours "
+        "still: flip counts start at 1 (Eq. 6 is 0/0 at 0), no Gaussian blur (MoCo v2's is "
+        "sized for 224 px), no shuffle-BN on one device, bf16 on a GPU, banks start random, "
+        "the cosine schedule steps every batch. Table and reasons: docs/method.md.",
         rich_help_panel="Basics",
     ),
     augment: str | None = typer.Option(
@@ -396,6 +405,7 @@ def fit(
         "compile": compile_step,
         "labels": str(labels.resolve()) if labels is not None else None,
         "augment": augment, "balance": balance, "warmup": warmup,
+        "restart": restart,
         "data_root": str(data_root) if data_root is not None else None,
         "download": True if download else None,
         "init": init, "freeze_encoder": freeze_encoder, "views": views,
