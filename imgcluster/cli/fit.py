@@ -92,9 +92,9 @@ def fit(
         None,
         "--k",
         "-k",
-        help="Number of clusters, or auto: chosen from the images (the features train alone "
-        "for 40 % of the run, then k = 2..k-max are scored) \\[default: a benchmark's "
-        "classes, else 10].",
+        help="Number of clusters, or auto: chosen from the images (k = 2..k-max scored by the "
+        "modularity of their clusters; from scratch the features first train alone for 40 % "
+        "of the run) \\[default: a benchmark's classes, else 10].",
         rich_help_panel="Basics",
         metavar="N|auto",
     ),
