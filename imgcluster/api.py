@@ -250,9 +250,6 @@ def _run(
         rd.write_skipped(out / rd.SKIPPED, images.cache.skipped)
     train_epochs(trainer, out, history, callback, budget_s, start)
     release_free_memory()  # the pages kept for the steps: not needed by the export
-    if config.scl.k_auto and world.is_main:  # as the restart may have chosen again
-        k_choice = rd.read_json(out / rd.CONFIG).get("k_choice")
-    config = trainer.cfg
     clusters, confidence = np.zeros(0, dtype=np.int64), np.zeros(0)  # other ranks: no result
     if world.is_main:
         probs, centroids = final_probabilities(trainer)

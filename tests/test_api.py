@@ -258,45 +258,6 @@ def test_k_auto_on_a_frozen_start_scores_the_frozen_features_at_once(tiny: Path,
     assert len(history) == 10
 
 
-@pytest.mark.slow
-def test_k_auto_on_a_frozen_start_chooses_again_at_the_restart(
-    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    """At the restart --k auto chooses again on the trained embeddings: the criteria are made to
-    prefer 3 at first and 5 then; the run ends with 5 clusters everywhere (config.json, its
-    record with the first choice under it, the checkpoint's head, model.onnx, assignments.csv),
-    and it resumes with them."""
-    import dataclasses
-
-    import torch
-
-    from imgcluster.assigning.onnx_model import OnnxModel
-    from imgcluster.method import k_estimate
-
-    real, chosen = k_estimate.estimate_k, iter([3, 5])
-
-    def steered(features, k_max, seed=0, criterion=k_estimate.DEFAULT_CRITERION):
-        return dataclasses.replace(real(features, k_max, seed, criterion), k=next(chosen))
-
-    monkeypatch.setattr(k_estimate, "estimate_k", steered)
-    packaged = {"backbone": "auto", "init": "imagenet"}
-    cfg = config(tiny).replace(model=packaged, data={"image_size": 32, "views": 1},
-                               scl={"k": None, "k_auto": True, "k_max": 6},
-                               optim={"epochs": 10})  # fmt: skip
-    result = fit(cfg, tmp_path / "r")
-    saved = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert saved["scl"]["k"] == 5 == result.config.scl.k
-    assert saved["k_choice"]["k"] == 5 and saved["k_choice"]["first"]["k"] == 3
-    assert result.k_choice == saved["k_choice"]
-    state = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=False)
-    assert state["model"]["tasks.clustering.head.fc.weight"].shape[0] == 5
-    assert OnnxModel(tmp_path / "r" / "model.onnx").info.k == 5
-    _, clusters, _ = read_assignments(tmp_path / "r" / "assignments.csv")
-    assert clusters.max() < 5 and len(np.unique(clusters)) > 3
-    again = resume(tmp_path / "r", {"optim": {"epochs": 12}})
-    assert again.epochs == 12 and again.config.scl.k == 5
-
-
 class FakeClock:
     """``time.perf_counter`` for a whole run: 1 ms a call, plus the seconds a test adds."""
 

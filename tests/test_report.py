@@ -162,19 +162,3 @@ def test_sorting_the_runs_images_links_each_cluster_to_its_folder(tiny_run: Path
     before = result.report.read_text(encoding="utf-8")
     other = assign(tmp_path / "sorted out", run=run, export_folders_to=tmp_path / "b", workers=1)
     assert other.report is None and result.report.read_text(encoding="utf-8") == before
-
-
-def test_cluster_sizes_are_drawn_since_k_last_changed():
-    """--k auto choosing again at the restart changes the number of sizes per record: the plot
-    draws the epochs with the final k, and its own title says how k was chosen."""
-    from imgcluster.reporting import plots
-
-    history = [{"epoch": e, "cluster_sizes": [10] * k} for e, k in enumerate([3, 3, 4, 4, 4], 1)]
-    history.insert(2, {"epoch": 0})  # a record without sizes is passed over
-    kept = plots.sizes_since_k_changed(history)
-    assert [r["epoch"] for r in kept] == [3, 4, 5]
-    assert plots.sizes_since_k_changed([]) == []
-    assert plots.label_sizes(history, ["#000"] * 4)[:4] == b"\x89PNG"
-    choice = {"k": 4, "criterion": "modularity", "ks": [2, 3, 4], "picks": {"modularity": 4},
-              "scores": {"modularity": [0.1, 0.2, 0.3]}, "first": {"k": 3}}  # fmt: skip
-    assert plots.k_choice(choice)[:4] == b"\x89PNG"

@@ -124,27 +124,3 @@ def test_start_from_a_partition_sets_labels_banks_and_a_nearest_mean_head():
         ids = task.memory.ids[c]
         assert (labels[ids] == c).all() and len(set(ids.tolist())) == bank
         assert torch.allclose(task.memory.banks[c], features[ids])
-
-
-def test_set_k_makes_new_tasks_and_keeps_the_encoders_and_queue():
-    """--k auto choosing again at the restart: both clustering tasks are new, sized for the new k
-    (under-clustering k/2), their banks as the memory size gives; the encoders, their weights and
-    the instance queue are the same objects, and a step trains with the new tasks."""
-    model = small_model()
-    encoder = [p.detach().clone() for p in model.encoder.parameters()]
-    queue, old_head = model.queue, model.task(CLUSTERING).head
-    model.set_k(6, seed=1)
-    assert model.cfg.k == 6 and model.task(CLUSTERING).num_clusters == 6
-    assert model.task(UNDER).num_clusters == 3
-    assert model.task(CLUSTERING).head is not old_head
-    assert model.task(CLUSTERING).head.fc.weight.shape == (6, 16)
-    assert model.task(CLUSTERING).memory.bank_size == 32 // 5
-    assert model.queue is queue and list(model.tasks) == [CLUSTERING, UNDER]
-    assert all(torch.equal(a, b) for a, b in zip(encoder, model.encoder.parameters()))
-    labels = model.task(CLUSTERING).labels
-    assert labels.shape == (64,) and int(labels.max()) < 6
-    optimizer = make_optimizer(model, RunConfig().replace(scl={"k": 6}))
-    head = model.task(CLUSTERING).head.fc.weight.detach().clone()
-    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    train_step(model, optimizer, images, torch.arange(8), 0.1, torch.Generator().manual_seed(0))
-    assert not torch.equal(head, model.task(CLUSTERING).head.fc.weight)

@@ -65,8 +65,6 @@ class KChoice:
     scores: dict[str, list[float]]  # criterion → score per k in ks
     picks: dict[str, int]  # criterion → the k it prefers
     images: int  # features scored
-    # chosen again at the restart (fit --k auto): the first choice, on the starting features
-    first: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,7 +78,7 @@ class KChoice:
             f"k = {self.k} chosen from the images by the {self.criterion.replace('_', '-')} "
             "criterion over "
             f"k = {self.ks[0]}..{self.ks[-1]} (other criteria: {others})"
-        ) + ("" if self.first is None else f"; the run began with k = {self.first['k']}")
+        )
 
 
 def estimate_k(

@@ -11,7 +11,7 @@ registered buffers, so one ``state_dict`` saves and restores the whole method.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -141,26 +141,11 @@ class SCL(nn.Module):
         self.momentum_encoder = make_momentum_copy(self.encoder)
         self.tasks = nn.ModuleDict()
         if cfg.method == "scl":
-            self._add_tasks(cfg.k, num_images, feature_dim, gen)
+            for name, c in ((CLUSTERING, cfg.k), (UNDER, under_clustering_k(cfg.k))):
+                self.tasks[name] = ClusteringTask(
+                    c, num_images, feature_dim, memory_size, gen, cfg.mask_own_keys
+                )
         self.queue = InstanceQueue(min(memory_size, num_images), feature_dim)
-
-    def _add_tasks(self, k: int, num_images: int, dim: int, gen: torch.Generator) -> None:
-        """The 'clustering' (C = k) and 'under-clustering' (C = k/2) tasks, new."""
-        memory_size, mask = self.cfg.memory_size, self.cfg.mask_own_keys
-        assert memory_size is not None
-        for name, c in ((CLUSTERING, k), (UNDER, under_clustering_k(k))):
-            self.tasks[name] = ClusteringTask(c, num_images, dim, memory_size, gen, mask)
-
-    def set_k(self, k: int, seed: int) -> None:
-        """Replace the clustering tasks by new ones for ``k`` clusters (``fit --k auto`` choosing
-        again at the restart, docs/method.md "Choosing k"): new banks, heads and labels, on the
-        device of the old ones; the encoders and the instance queue are kept. The caller starts
-        them (:meth:`ClusteringTask.start_from`) and gives their heads to the optimiser."""
-        old = self.task(CLUSTERING)
-        device, dim = old.labels.device, old.head.fc.in_features
-        self.cfg = replace(self.cfg, k=k)
-        self._add_tasks(k, len(old.labels), dim, torch.Generator().manual_seed(seed))
-        self.tasks.to(device)
 
     def loss_terms(
         self, q: Tensor, k: Tensor, idx: Tensor, batch_idx: Tensor | None = None

@@ -183,30 +183,18 @@ def k_choice(choice: dict[str, Any] | None) -> bytes | None:
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.22),
               ncol=3)  # fmt: skip
-    how = f"by {choice['criterion'].replace('_', '-')}"
-    if choice.get("first"):  # chosen again at the restart, on the trained embeddings
-        how += f", at the restart; the run began with {choice['first']['k']}"
-    ax.set_title(f"choosing k: {choice['k']} ({how})", loc="left", fontsize=11)
+    ax.set_title(f"choosing k: {choice['k']} (by {choice['criterion'].replace('_', '-')})",
+                 loc="left", fontsize=11)  # fmt: skip
     _tidy(ax, integer_x=True)
     return _png(fig)
 
 
-def sizes_since_k_changed(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The history records with cluster sizes, from the first with the run's final k on
-    (``fit --k auto`` may choose k again at the restart)."""
-    sized = [r for r in history if isinstance(r.get("cluster_sizes"), list)]
-    k = len(sized[-1]["cluster_sizes"]) if sized else 0
-    first = max((i + 1 for i, r in enumerate(sized) if len(r["cluster_sizes"]) != k), default=0)
-    return sized[first:]
-
-
 def label_sizes(history: Sequence[dict[str, Any]], colors: Sequence[str]) -> bytes | None:
     """Stacked areas: how many pseudo labels each cluster held after each epoch's update."""
-    sized = sizes_since_k_changed(history)
-    rows = [r["cluster_sizes"] for r in sized]
-    if len(rows) < 2:
+    rows = [r["cluster_sizes"] for r in history if isinstance(r.get("cluster_sizes"), list)]
+    if len(rows) < 2 or len({len(r) for r in rows}) != 1:
         return None
-    epochs = [r["epoch"] for r in sized]
+    epochs = [r["epoch"] for r in history if isinstance(r.get("cluster_sizes"), list)]
     fig = _figure(6.4, 3.4)
     ax = fig.add_subplot()
     k = len(rows[0])

@@ -165,9 +165,6 @@ class Trainer:
         self.epoch, self.epochs_total = 0, cfg.optim.epochs
         self.clusters_started = cfg.scl.warmup == 0  # no warm-up: SCL from the first epoch
         self.restarted = False  # the clusters' second start (restart_epoch) is done
-        # --k auto: the choice made again at the restart (choose_k_again), until save_epoch
-        # has written it into config.json
-        self.k_rechoice: dict[str, Any] | None = None
         self.last_predictions: Predictions | None = None
 
     def prepare_views(self, callback: Callback, budget_s: float | None = None) -> None:
@@ -289,10 +286,9 @@ class Trainer:
         warming = bool(self.model.tasks) and not self.clusters_started
         start_now = warming and self.epoch + 1 >= self.warmup_epochs()
         restart = self.restart_epoch()
-        restarting = False
         if self.model.tasks and not warming and not self.restarted and restart is not None:
             # >=: under a time budget the planned end, and with it this epoch, moves
-            start_now = self.restarted = restarting = self.epoch + 1 >= restart
+            start_now = self.restarted = self.epoch + 1 >= restart
         last = self.epoch + 1 == self.epochs_total
         if not ((self.model.tasks and not warming) or start_now or last):
             return False, {}
@@ -304,8 +300,6 @@ class Trainer:
         self.last_predictions = self.predict(backbone=pooled)
         seed = self.cfg.optim.seed + self.epoch
         if start_now:
-            if restarting and self.cfg.scl.k_auto and self.cfg.model.freeze_encoder:
-                self.choose_k_again(callback)
             return True, self.start_clusters(seed)
         return True, ({} if warming else self.update_labels(seed))
 
@@ -378,45 +372,6 @@ class Trainer:
         first = self.warmup_epochs()
         second = first + (self.epochs_total - first) // 2
         return second if first < second < self.epochs_total else None
-
-    def choose_k_again(self, callback: Callback) -> None:
-        """``fit --k auto`` at the restart: k is chosen again, by the same criteria
-        (:func:`imgcluster.method.k_estimate.estimate_k`), on the embeddings q that SCL has
-        trained since the first choice, and the clustering tasks are made anew when it changed
-        (:meth:`set_k`); the restart then starts them. A frozen start only: its restart comes
-        after some 15 epochs of SCL on fixed features, and q then holds the groups more
-        plainly than the frozen features (Imagenette, 10 classes: begun with k 12, chosen again
-        11; CIFAR-10: 7 and 7 again); from scratch a 2-minute run restarts after 3 epochs of
-        SCL, where q chose 15 for the digits' 10 classes (docs/benchmarks.md, "Choosing k")."""
-        from imgcluster.method.k_estimate import estimate_k
-
-        preds = self.last_predictions
-        assert preds is not None and self.cfg.scl.k_max is not None
-        choice = None
-        if self.world.is_main:
-            choice = estimate_k(preds.features, self.cfg.scl.k_max, self.cfg.optim.seed)
-        choice = broadcast_object(choice)
-        was = self.cfg.scl.k
-        message(callback, f"at the restart, on the trained embeddings: {choice.summary()}"
-                + ("" if choice.k == was else f" (was {was})"))  # fmt: skip
-        self.k_rechoice = choice.to_dict()
-        if choice.k != was:
-            self.set_k(choice.k)
-
-    def set_k(self, k: int) -> None:
-        """New clustering tasks for ``k`` clusters (:meth:`SCL.set_k`), their heads given to a
-        new optimiser that keeps the other parameters' momentum, and the data-parallel
-        wrapper (which holds the heads) made again."""
-        self.model.set_k(k, self.cfg.optim.seed + self.epoch)
-        self.cfg = self.cfg.replace(scl={"k": k})
-        old = self.optimizer
-        self.optimizer = make_optimizer(self.model, self.cfg)
-        for group in self.optimizer.param_groups:
-            for param in group["params"]:
-                if param in old.state:
-                    self.optimizer.state[param] = old.state[param]
-        if self.replica is not None:
-            self.replica = Replica.wrap(self.model, self.world, self.device)
 
     def start_clusters(self, seed: int) -> dict[str, Any]:
         """End of the warm-up: every task's labels from k-means on a UMAP of the warmed-up
@@ -575,20 +530,7 @@ def save_epoch(trainer: Trainer, out: Path, history: list[dict[str, Any]], save:
     state = trainer.state() if save else {}  # every rank: DDP gathers the generators
     if trainer.world.is_main and save:
         rd.write_history(out / rd.HISTORY, history)
-        if trainer.k_rechoice is not None:  # before the checkpoint: a resume reads both
-            record_k_rechoice(out, trainer.k_rechoice)
         save_checkpoint(out / rd.CHECKPOINT, state)
-    if save:
-        trainer.k_rechoice = None
-
-
-def record_k_rechoice(out: Path, choice: dict[str, Any]) -> None:
-    """config.json after ``--k auto`` chose again at the restart (:meth:`Trainer.choose_k_again`):
-    its k, and its ``k_choice`` the new choice, the first one kept under ``first``."""
-    saved = rd.read_json(out / rd.CONFIG)
-    saved["scl"]["k"] = choice["k"]
-    saved["k_choice"] = {**choice, "first": saved.get("k_choice")}
-    rd.write_json(out / rd.CONFIG, saved)
 
 
 def finish_warmup(trainer: Trainer, callback: Callback) -> None:
