@@ -20,6 +20,14 @@ k-means. The folder needs a labels.csv (path,label); k is its number of classes.
 the k each of the silhouette, Davies–Bouldin and Calinski–Harabasz prefers among k-means
 partitions (best of 5) for k = 2..``--k-max``, each score per k, and HDBSCAN's number of
 clusters at minimum cluster sizes of 1 %, 2 % and 3.3 % of the sample.
+
+``--tap``: which of the network's features: ``head`` (the pooled 1,280-d features above),
+``N`` (block N's output, average-pooled: blocks 14 and 15 are Lite0's last two stages) or
+``head+N`` (both, each l2-normalised, side by side). Every report also gives how well the
+features' neighbourhoods follow the classes (``knn20``: the share of each image's 20 nearest
+neighbours, cosine, that share its class), and ``--probe`` a linear probe (logistic regression,
+3-fold cross-validation on at most 4,000 images): a supervised bound on what the features
+separate, not a clustering.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", default="efficientnet_lite0",
                    choices=("efficientnet_lite0", "efficientnet_lite2", "pixels"))  # fmt: skip
     p.add_argument("--size", type=int, default=96, help="image side S (as fit --image-size)")
+    p.add_argument("--tap", default="head", help="head, N or head+N (block N's pooled output)")
+    p.add_argument("--probe", action="store_true", help="also a linear probe (uses the labels)")
     p.add_argument("--limit", type=int, default=None, help="at most this many images")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--no-umap", action="store_true", help="k-means only")
@@ -62,9 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def frozen_features(images: np.ndarray, name: str, batch: int = 64) -> np.ndarray:
-    """Pooled features of the packaged ImageNet network, N×1280."""
+def frozen_features(
+    images: np.ndarray, name: str, batch: int = 64, tap: str = "head"
+) -> np.ndarray:
+    """Pooled features of the packaged ImageNet network: N×1280 for ``tap="head"``; block N's
+    pooled output for ``"N"``; both, each l2-normalised, for ``"head+N"``."""
     import torch
+    import torch.nn.functional as F
 
     from imgcluster.method.augment import preprocess
     from imgcluster.method.model import build_backbone
@@ -74,12 +88,24 @@ def frozen_features(images: np.ndarray, name: str, batch: int = 64) -> np.ndarra
     state, _ = load_start(net, "imagenet", name)
     net.load_state_dict(state)
     net = net.eval().to(memory_format=torch.channels_last)
-    out = []
+    parts = tap.split("+")
+    blocks = [int(part) for part in parts if part != "head"]
+    if any(not 0 <= b < len(net._blocks) for b in blocks) or len(parts) > 2:
+        raise SystemExit(f"--tap {tap}: expected head, N or head+N with N < {len(net._blocks)}")
+    tapped: dict[int, list[np.ndarray]] = {b: [] for b in blocks}
+    hooks = [net._blocks[b].register_forward_hook(
+        lambda _m, _i, y, b=b: tapped[b].append(F.adaptive_avg_pool2d(y, 1).flatten(1).numpy()))
+        for b in blocks]  # fmt: skip
+    head = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
             x = preprocess(torch.from_numpy(np.array(images[i : i + batch])))
-            out.append(net(x.contiguous(memory_format=torch.channels_last)).numpy())
-    return np.concatenate(out)
+            head.append(net(x.contiguous(memory_format=torch.channels_last)).numpy())
+    for hook in hooks:
+        hook.remove()
+    chosen = [np.concatenate(head)] if "head" in parts else []
+    chosen += [np.concatenate(tapped[b]) for b in blocks]
+    return np.hstack([unit_rows(c) for c in chosen]) if len(chosen) > 1 else chosen[0]
 
 
 def pixel_features(images: np.ndarray) -> np.ndarray:
@@ -89,6 +115,30 @@ def pixel_features(images: np.ndarray) -> np.ndarray:
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_agreement(x: np.ndarray, classes: np.ndarray, neighbours: int = 20) -> float:
+    """The share of each row's ``neighbours`` nearest rows (inner product of unit rows) that
+    have its class."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    n = min(neighbours, len(x) - 1)
+    _, found = index.search(x, n + 1)
+    same = np.asarray(classes)[found[:, 1:]] == np.asarray(classes)[:, None]
+    return float(same.mean())
+
+
+def linear_probe(x: np.ndarray, classes: np.ndarray, limit: int = 4000) -> float:
+    """3-fold cross-validated accuracy of a logistic regression on (at most ``limit``) rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    rows = np.random.default_rng(0).permutation(len(x))[:limit]
+    probe = LogisticRegression(C=10.0, max_iter=300)
+    return float(cross_val_score(probe, x[rows], np.asarray(classes)[rows], cv=3).mean())
 
 
 def clustered(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -135,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.features == "pixels":
         x = unit_rows(pixel_features(cache.images))
     else:
-        x = unit_rows(frozen_features(cache.images, args.features))
+        x = unit_rows(frozen_features(cache.images, args.features, tap=args.tap))
     seconds = time.perf_counter() - began
     if args.save is not None:
         np.savez(args.save, backbone=x, classes=classes)
@@ -154,7 +204,11 @@ def main(argv: list[str] | None = None) -> None:
                 rows["umap_kmeans"].append(score(clustered(low, k, s), classes))
     report: dict = {"folder": args.folder.name, "images": len(x), "k": k,
                     "features": args.features, "size": args.size,
-                    "feature_seconds": round(seconds, 1)}  # fmt: skip
+                    "tap": args.tap if args.features != "pixels" else None,
+                    "feature_seconds": round(seconds, 1),
+                    "knn20": round(knn_agreement(x, classes), 4)}  # fmt: skip
+    if args.probe:
+        report["linear_probe"] = round(linear_probe(x, classes), 4)
     for name, scores in rows.items():
         report[name] = {
             "acc": round(float(np.mean([s.acc for s in scores])), 4),

@@ -63,6 +63,9 @@ CASES: list[tuple[str, list[str]]] = [
             "--k-scan",
             "--k-max",
             "4",
+            "--tap",
+            "head+14",
+            "--probe",
             "--json",
         ],
     ),
@@ -122,7 +125,10 @@ def test_script_runs(folder: Path, tmp_path_factory: pytest.TempPathFactory, scr
     if "--json" in args:
         assert isinstance(last_json(out), dict)
     if script == "anchors.py":
-        scan = last_json(out)["k_scan"]
+        report = last_json(out)
+        assert report["tap"] == "head+14"
+        assert 0.0 <= report["knn20"] <= 1.0 and 0.0 <= report["linear_probe"] <= 1.0
+        scan = report["k_scan"]
         assert set(scan["picks"]) == {"silhouette", "davies_bouldin", "calinski_harabasz"}
         assert all(2 <= k <= 4 for k in scan["picks"].values())
     if script == "k_auto.py":
