@@ -89,8 +89,9 @@ def frozen_features(
     net.load_state_dict(state)
     net = net.eval().to(memory_format=torch.channels_last)
     parts = tap.split("+")
-    blocks = [int(part) for part in parts if part != "head"]
-    if any(not 0 <= b < len(net._blocks) for b in blocks) or len(parts) > 2:
+    numbers = [part for part in parts if part != "head"]
+    blocks = [int(part) for part in numbers if part.isdigit() and int(part) < len(net._blocks)]
+    if len(blocks) != len(numbers) or len(parts) > 2 or parts.count("head") > 1:
         raise SystemExit(f"--tap {tap}: expected head, N or head+N with N < {len(net._blocks)}")
     tapped: dict[int, list[np.ndarray]] = {b: [] for b in blocks}
     hooks = [net._blocks[b].register_forward_hook(
