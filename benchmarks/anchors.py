@@ -49,6 +49,7 @@ from imgcluster.data.cache import build_cache
 from imgcluster.data.scan import scan_folder
 from imgcluster.data.sources import known_classes
 from imgcluster.method.kmeans import kmeans
+from imgcluster.scoring.diagnostics import knn_agreement
 from imgcluster.scoring.metrics import score
 
 
@@ -58,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", default="efficientnet_lite0",
                    choices=("efficientnet_lite0", "efficientnet_lite2", "pixels"))  # fmt: skip
     p.add_argument("--size", type=int, default=96, help="image side S (as fit --image-size)")
-    p.add_argument("--tap", default="head", help="head, N or head+N (block N's pooled output)")
+    p.add_argument("--tap", default="head", type=tap_spec,
+                   help="head, N or head+N (block N's pooled output)")  # fmt: skip
     p.add_argument("--probe", action="store_true", help="also a linear probe (uses the labels)")
     p.add_argument("--limit", type=int, default=None, help="at most this many images")
     p.add_argument("--seeds", type=int, default=3)
@@ -70,6 +72,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "score reads it)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
+
+
+def tap_spec(text: str) -> str:
+    """``--tap``'s form, checked before any image is decoded (the block's range once the
+    network is built)."""
+    parts = text.split("+")
+    numbers = [part for part in parts if part != "head"]
+    if len(parts) > 2 or parts.count("head") > 1 or not all(n.isdigit() for n in numbers):
+        raise argparse.ArgumentTypeError(f"expected head, N or head+N, got {text!r}")
+    return text
 
 
 def frozen_features(
@@ -89,10 +101,9 @@ def frozen_features(
     net.load_state_dict(state)
     net = net.eval().to(memory_format=torch.channels_last)
     parts = tap.split("+")
-    numbers = [part for part in parts if part != "head"]
-    blocks = [int(part) for part in numbers if part.isdigit() and int(part) < len(net._blocks)]
-    if len(blocks) != len(numbers) or len(parts) > 2 or parts.count("head") > 1:
-        raise SystemExit(f"--tap {tap}: expected head, N or head+N with N < {len(net._blocks)}")
+    blocks = [int(part) for part in tap_spec(tap).split("+") if part != "head"]
+    if any(b >= len(net._blocks) for b in blocks):
+        raise SystemExit(f"--tap {tap}: this network's blocks are 0 to {len(net._blocks) - 1}")
     tapped: dict[int, list[np.ndarray]] = {b: [] for b in blocks}
     hooks = [net._blocks[b].register_forward_hook(
         lambda _m, _i, y, b=b: tapped[b].append(F.adaptive_avg_pool2d(y, 1).flatten(1).numpy()))
@@ -116,20 +127,6 @@ def pixel_features(images: np.ndarray) -> np.ndarray:
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def knn_agreement(x: np.ndarray, classes: np.ndarray, neighbours: int = 20) -> float:
-    """The share of each row's ``neighbours`` nearest rows (inner product of unit rows) that
-    have its class."""
-    import faiss
-
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    n = min(neighbours, len(x) - 1)
-    _, found = index.search(x, n + 1)
-    same = np.asarray(classes)[found[:, 1:]] == np.asarray(classes)[:, None]
-    return float(same.mean())
 
 
 def linear_probe(x: np.ndarray, classes: np.ndarray, limit: int = 4000) -> float:
